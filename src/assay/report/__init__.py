@@ -1,0 +1,1 @@
+"""Figures (matplotlib, Agg) and the HTML report written by ``assay demo``."""
