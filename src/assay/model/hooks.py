@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 HookFn = Callable[..., Any]
-NameFilter = Union[str, Callable[[str], bool], Sequence[str], None]
+NameFilter = str | Callable[[str], bool] | Sequence[str] | None
 
 
 class HookPoint(nn.Module):

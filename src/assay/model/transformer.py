@@ -218,74 +218,7 @@ class Transformer(HookedRootModule):
     ``model(tokens)`` returns logits [batch, pos, d_vocab]; ``return_type="resid"`` returns the final
     residual stream (after the final LayerNorm where there is one) and ``"loss"`` the mean next-token
     cross-entropy. A 1-D token tensor is treated as one sequence. Tokens out of range or longer than
-    ``n_ctx`` raise ValueError.
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = Embed(cfg)
-        self.hook_embed = HookPoint()
-        if cfg.positional_embedding_type == "standard":
-            self.pos_embed = PosEmbed(cfg)
-            self.hook_pos_embed = HookPoint()
-        if cfg.ln_position == "post":
-            self.ln_embed = LayerNorm(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        if cfg.normalization_type == "LN" and cfg.ln_position == "pre":
-            self.ln_final = LayerNorm(cfg)
-        self.unembed = Unembed(cfg)
-        self.init_weights()
-        self.setup()
-
-    def init_weights(self, seed: int | None = None) -> None:
-        """Normal(0, init_range) for every matrix, zero biases, LayerNorm w = 1, b = 0."""
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                leaf = name.rsplit(".", 1)[-1]
-                if leaf.startswith("W_"):
-                    p.copy_(torch.randn(p.shape, generator=gen) * self.cfg.init_range)
-                elif leaf == "w":
-                    p.fill_(1.0)
-                else:
-                    p.zero_()
-
-    def set_use_attn_result(self, value: bool) -> None:
-        """Make every attention layer compute per-head outputs at ``blocks.{l}.attn.hook_result``."""
-        for block in self.blocks:
-            block.attn.use_attn_result = value
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.W_E[tokens]
-
-
-class PosEmbed(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.W_pos[: tokens.shape[1]].unsqueeze(0).expand(tokens.shape[0], -1, -1)
-
-
-class Unembed(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.W_U + self.b_U
-
-
-class Transformer(HookedRootModule):
-    """A decoder (or, with ``causal=False``, encoder) transformer: tokens [batch, pos] -> logits.
-
-    ``model(tokens)`` returns logits [batch, pos, d_vocab]; ``return_type="resid"`` returns the final
-    residual stream (after the final LayerNorm where there is one) and ``"loss"`` the mean next-token
-    cross-entropy. A 1-D token tensor is treated as one sequence. Tokens out of range or longer than
-    ``n_ctx`` raise ValueError.
+    ``n_ctx`` raise BadInput (a ValueError).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -324,22 +257,22 @@ class Transformer(HookedRootModule):
             block.attn.use_attn_result = value
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Return tokens as a LongTensor [batch, pos]; raise ValueError naming what is wrong."""
+        """Return tokens as a LongTensor [batch, pos]; raise BadInput naming what is wrong."""
         if not isinstance(tokens, torch.Tensor):
             tokens = torch.as_tensor(tokens)
         if tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
         if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+            raise BadInput(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+            raise BadInput(f"tokens must be integers, got {tokens.dtype}")
         if tokens.shape[1] == 0:
-            raise ValueError("empty token sequence")
+            raise BadInput("empty token sequence")
         if tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}")
+            raise BadInput(f"sequence length {tokens.shape[1]} exceeds n_ctx={self.cfg.n_ctx}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
             bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
-            raise ValueError(f"token id {bad} out of range 0..{self.cfg.d_vocab - 1}")
+            raise BadInput(f"token id {bad} out of range 0..{self.cfg.d_vocab - 1}")
         return tokens.long()
 
     def forward(self, tokens: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
