@@ -142,9 +142,6 @@ def _prove_args(p: argparse.ArgumentParser) -> None:
          example="assay prove overwhelm-1l --prefix-text 'And God said' --n-free 4 --out cert.json",
          args=_prove_args)
 def prove_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.fileutil import atomic_write_text
-    from assay.prove import prove
-
     model = load_model(args.model)
     prefix = tokens_from(args, model, "prefix", "prefix_text")
     suffix = tokens_from(args, model, "suffix", "suffix_text")
@@ -159,6 +156,9 @@ def prove_cmd(args: argparse.Namespace) -> Outcome:
     if total > model.cfg.n_ctx:
         raise BadInput(f"prefix ({len(prefix)}) + n_free ({args.n_free}) + suffix ({len(suffix)}) = {total} "
                        f"exceeds n_ctx={model.cfg.n_ctx}")
+    from assay.fileutil import atomic_write_text
+    from assay.prove import prove
+
     res = prove(model, prefix, args.n_free, suffix=suffix, allowed=allowed)
     cert_path = None
     if args.out:
@@ -195,8 +195,6 @@ def _check_args(p: argparse.ArgumentParser) -> None:
 @command("check", help="check a certificate in rigorous arithmetic, independently of the prover",
          example="assay check cert.json --model overwhelm-1l", args=_check_args)
 def check_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.prove import CertificateError, check
-
     path = Path(args.cert)
     if not path.is_file():
         raise BadInput(f"{args.cert}: no such file")
@@ -210,6 +208,8 @@ def check_cmd(args: argparse.Namespace) -> Outcome:
     if not name:
         raise BadInput("the certificate names no model; pass --model")
     model = load_model(name)
+    from assay.prove import CertificateError, check
+
     try:
         check(cert, model)
     except CertificateError as e:
@@ -233,8 +233,6 @@ def _design_args(p: argparse.ArgumentParser) -> None:
 @command("design", help="search for a prefix of a given length that is proven to overwhelm the model",
          example="assay design overwhelm-1l --n-fix 64 --n-free 2 --json", args=_design_args)
 def design_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.prove import design
-
     model = load_model(args.model)
     check_ids_in_vocab(args.suffix, model.cfg.d_vocab, "--suffix")
     if args.allowed is not None:
@@ -242,6 +240,8 @@ def design_cmd(args: argparse.Namespace) -> Outcome:
     total = args.n_fix + args.n_free + len(args.suffix)
     if total > model.cfg.n_ctx:
         raise BadInput(f"n_fix + n_free + suffix = {total} exceeds n_ctx={model.cfg.n_ctx}")
+    from assay.prove import design
+
     res = design(model, args.n_fix, args.n_free, suffix=args.suffix, allowed=args.allowed, seed=args.seed,
                  budget_seconds=args.budget)
     data = {"prefix": list(res.prefix), "proven": bool(res.proven), "token": res.token, "margin": res.margin,
