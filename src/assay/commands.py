@@ -7,6 +7,7 @@ that into one line and exit code 2. Heavy imports happen inside handlers so ``as
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,9 @@ def design_cmd(args: argparse.Namespace) -> Outcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# Capabilities still to come: they answer with one line and exit 2 rather than pretend.
+# Capabilities with their own command modules (``assay.<capability>.commands``, each registering its
+# subcommands with ``@command``). Until a module exists, its commands answer with one line and exit 2
+# rather than pretend.
 
 
 def _rest(p: argparse.ArgumentParser) -> None:
@@ -264,19 +267,24 @@ def _not_yet(what: str, issue: int):
     return run
 
 
-for _name, _group, _issue, _help in [
-    ("lipschitz", None, 4, "paper 2: Lipschitz constant of attention (not yet)"),
-    ("erasure", None, 7, "paper 5: erasure and direct logit attribution (not yet)"),
-    ("train", "addition", 5, "train the addition model (not yet)"),
-    ("eval", "addition", 5, "evaluate an addition model by category (not yet)"),
-    ("analyze", "addition", 5, "the addition model's mechanism report (not yet)"),
-    ("construct", "saturation", 6, "saturated-attention constructions (not yet)"),
-    ("bits", "saturation", 6, "bits per memory vector against n (not yet)"),
-    ("circuit", "saturation", 6, "compile to a threshold circuit (not yet)"),
-    ("meter", "saturation", 6, "saturation meter (not yet)"),
-]:
-    _full = f"{_group} {_name}" if _group else _name
-    command(_name, help=_help, example=f"assay {_full} --help", args=_rest, group=_group)(_not_yet(_full, _issue))
+_CAPABILITIES = {
+    "lipschitz": (4, [("lipschitz", None, "paper 2: Lipschitz constant of attention (not yet)")]),
+    "erasure": (7, [("erasure", None, "paper 5: erasure and direct logit attribution (not yet)")]),
+    "addition": (5, [(n, "addition", f"{n} (not yet)") for n in ("train", "eval", "analyze")]),
+    "saturation": (6, [(n, "saturation", f"{n} (not yet)") for n in ("construct", "bits", "circuit", "meter")]),
+}
+
+for _cap, (_issue, _placeholders) in _CAPABILITIES.items():
+    try:
+        importlib.import_module(f"assay.{_cap}.commands")
+    except ModuleNotFoundError as _e:
+        if _e.name is None or not f"assay.{_cap}.commands".startswith(_e.name):
+            raise
+        for _name, _group, _help in _placeholders:
+            _full = f"{_group} {_name}" if _group else _name
+            command(_name, help=_help, example=f"assay {_full} --help", args=_rest, group=_group)(
+                _not_yet(_full, _issue)
+            )
 
 
 # ---------------------------------------------------------------------------------------------
