@@ -155,13 +155,19 @@ def hf_tokenizer(directory: str | os.PathLike) -> Any:
 
     Reads ``tokenizer.json`` when present; otherwise builds a BERT WordPiece tokenizer from
     ``vocab.txt`` (lower-casing as ``tokenizer_config.json``'s ``do_lower_case`` says, default True),
-    wrapping each text as ``[CLS] ... [SEP]``. Raises BadInput when the directory has neither file.
+    wrapping each text as ``[CLS] ... [SEP]``. Padding and truncation are switched off (MiniLM's
+    tokenizer.json pads every text to 128 tokens): our models take no padding mask, so a text must be
+    one unpadded sequence, and one longer than ``n_ctx`` is refused by the model rather than silently cut.
+    Raises BadInput when the directory has neither file.
     """
     from tokenizers import Tokenizer
 
     d = Path(directory)
     if (d / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(d / "tokenizer.json"))
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
     vocab = d / "vocab.txt"
     if not vocab.is_file():
         raise BadInput(f"{d}: no tokenizer.json or vocab.txt")
