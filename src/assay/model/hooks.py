@@ -33,15 +33,20 @@ class HookPoint(nn.Module):
         self.name: str = ""
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def add_hook(self, fn: HookFn, dir: str = "fwd") -> None:
-        """Register ``fn`` on this point (forward only; backward hooks are not needed here)."""
+    def add_hook(self, fn: HookFn, dir: str = "fwd") -> torch.utils.hooks.RemovableHandle:
+        """Register ``fn`` on this point (forward only; backward hooks are not needed here).
+
+        Returns the handle, so that a caller can remove this one hook and leave the others.
+        """
         if dir != "fwd":
             raise ValueError("only forward hooks are supported")
 
         def wrapped(module: nn.Module, inputs: tuple, output: torch.Tensor) -> Any:
             return fn(output, hook=self)
 
-        self._handles.append(self.register_forward_hook(wrapped))
+        handle = self.register_forward_hook(wrapped)
+        self._handles.append(handle)
+        return handle
 
     def remove_hooks(self) -> None:
         """Remove every hook function registered on this point."""
@@ -147,22 +152,24 @@ class HookedRootModule(nn.Module):
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[NameFilter, HookFn]] = ()) -> Iterator[HookedRootModule]:
         """Context manager: the hooks are active inside the block and removed on exit, even on error."""
-        added: list[HookPoint] = []
+        # Remove only what this context added: an enclosing context's hooks must survive an inner
+        # run_with_cache / run_with_hooks (TransformerLens gets the same effect with context levels).
+        added: list[tuple[HookPoint, torch.utils.hooks.RemovableHandle]] = []
         try:
             for names, fn in fwd_hooks:
                 match = _name_matcher(names)
                 hit = False
                 for name, hp in self.hook_dict.items():
                     if match(name):
-                        hp.add_hook(fn)
-                        added.append(hp)
+                        added.append((hp, hp.add_hook(fn)))
                         hit = True
                 if not hit and isinstance(names, str):
                     raise KeyError(f"no hook point named {names!r}")
             yield self
         finally:
-            for hp in added:
-                hp.remove_hooks()
+            for hp, handle in added:
+                handle.remove()
+                hp._handles.remove(handle)
 
     def run_with_hooks(
         self, *model_args: Any, fwd_hooks: Sequence[tuple[NameFilter, HookFn]] = (), **model_kwargs: Any

@@ -170,7 +170,7 @@ class Block(nn.Module):
             attn_out = self.hook_attn_out(self.attn(resid_pre))
             mid = self.ln1(self.hook_resid_mid(resid_pre + attn_out))
             if cfg.attn_only:
-                return mid
+                return self.hook_normalized_resid_post(mid)
             mlp_out = self.hook_mlp_out(self.mlp(mid))
             return self.hook_normalized_resid_post(self.ln2(self.hook_resid_post(mid + mlp_out)))
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
