@@ -79,6 +79,8 @@ def save(model: Transformer, directory: str | os.PathLike, card: dict[str, Any] 
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    moved_away = False
     try:
         (tmp / CONFIG).write_text(model.cfg.to_json() + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -89,15 +91,17 @@ def save(model: Transformer, directory: str | os.PathLike, card: dict[str, Any] 
         if card is not None:
             (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
+            moved_away = True
             tmp.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved_away and not target.exists():  # failed between the two renames: put the old model back
+            old.rename(target)
         raise
     return target
 
