@@ -1,0 +1,12 @@
+"""Overwhelm proofs (paper 1): certify that a fixed prefix decides a causal model's next token.
+
+- :func:`prove` (model, prefix, n_free, suffix=(), allowed=None) -> :class:`ProveResult`
+- :func:`check` (certificate, model) -> True, or raises :class:`CertificateError`
+- :func:`design` (model, n_fix, n_free, ...) -> :class:`DesignResult`
+
+See docs/prove.md for the claim, every bound and why it is sound.
+"""
+
+from assay.prove.api import ProveResult, prove
+
+__all__ = ["ProveResult", "prove"]

@@ -1,0 +1,304 @@
+"""AffineSet: the abstract domain of the prover, a Minkowski sum of simple convex sets around a center.
+
+A set of vectors x in R^d is represented as
+
+    x = center + sum_terms (coefficients of the term) @ M_term + e,   |e_j| <= box_j,
+
+with three kinds of term, each with its own coefficients ("noise symbols"):
+
+- ``block``: coefficients ``sum_g alpha_g V_g`` with alpha in the probability simplex, i.e. the
+  convex hull of the rows of a vertex matrix V (N x k), mapped by M (k x d). Attention to free
+  positions produces these: the last position's head output lies in conv(0, lambda_max (V_R - o_A)).
+- ``zono``: coefficients eps in [-1, 1]^m (a zonotope with generator rows M); ReLU/GELU relaxations
+  produce these.
+- ``ell``: coefficients beta with |beta|_2 <= 1 (an ellipsoid M^T B_2); LayerNorm's Taylor remainder.
+
+Terms carry an id. Two sets computed from the same symbols (the residual stream and the MLP output
+computed from it) are added by adding the matrices of equal ids, which keeps their correlation.
+
+**Invariant (soundness).** The matrices and vectors stored here are floats read as exact reals. Every
+operation returns a set that *contains* the exact image of the input set: the rounding error of each
+float computation is bounded (see fp.py) and added to ``box``. No operation ever shrinks a set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from assay.prove.fp import (
+    U,
+    col_norms,
+    frob,
+    gamma,
+    next_down,
+    next_up,
+    row_norms,
+    spectral_norm_upper,
+    sum_bounds,
+    up,
+)
+
+_ids = itertools.count()
+# Blocks whose vertex matrix times map costs at most this many multiply-adds get exact coordinate bounds.
+EXACT_COORD_LIMIT = 4_000_000
+
+
+def new_id() -> int:
+    return next(_ids)
+
+
+@dataclass
+class Term:
+    """One term: ``kind`` in {"block", "zono", "ell"}, matrix M (rows = coefficient space, cols = d)."""
+
+    id: int
+    kind: str
+    M: np.ndarray
+    V: np.ndarray | None = None  # block vertices (N x k)
+    vnorm: float = 0.0  # block: >= max_g |V_g|_2
+    vlo: np.ndarray | None = None  # block: per-coordinate min of V
+    vhi: np.ndarray | None = None  # block: per-coordinate max of V
+
+    def with_M(self, M: np.ndarray) -> Term:
+        return replace(self, M=M)
+
+    def col_error(self, E: np.ndarray) -> np.ndarray:
+        """Upper bound, per output coordinate j, of |coef . E[:, j]| over the term's coefficients,
+        where E >= 0 bounds the error of M elementwise."""
+        if self.kind == "block":
+            return up(self.vnorm * col_norms(E))
+        if self.kind == "zono":
+            return up(E.sum(axis=0), E.shape[0] + 2)
+        return col_norms(E)
+
+    def l2_sup(self) -> float:
+        """Upper bound of |coef @ M|_2 over the term's coefficients."""
+        if self.kind == "block":
+            return float(up(self.vnorm * spectral_norm_upper(self.M)))
+        if self.kind == "zono":
+            return float(up(row_norms(self.M).sum(), self.M.shape[0] + 2))
+        return spectral_norm_upper(self.M)
+
+    def coord_dev(self) -> tuple[np.ndarray, np.ndarray]:
+        """(dlo, dhi) with dlo <= coef @ M <= dhi per coordinate (dlo <= 0 <= dhi not assumed)."""
+        M = self.M
+        if self.kind == "block":
+            l2 = up(self.vnorm * col_norms(M))
+            if self.V.shape[0] * M.shape[0] * M.shape[1] <= EXACT_COORD_LIMIT:
+                # Exact vertex maxima: fl(V M) is within gamma(k) vnorm |M_:j| of V M.
+                VM = self.V @ M
+                err = up(gamma(M.shape[0]) * self.vnorm * col_norms(M))
+                l2 = np.minimum(l2, np.maximum(next_up(VM.max(axis=0) + err), -next_down(VM.min(axis=0) - err)))
+                ex_lo, ex_hi = next_down(VM.min(axis=0) - err), next_up(VM.max(axis=0) + err)
+            else:
+                ex_lo, ex_hi = -l2, l2
+            # Box bound on the vertices: sum_e max(vlo_e M_ej, vhi_e M_ej), plus its rounding error.
+            a, b = self.vlo[:, None] * M, self.vhi[:, None] * M
+            mag = np.maximum(np.abs(a), np.abs(b)).sum(axis=0)
+            err = up(gamma(M.shape[0] + 2) * mag)
+            bhi = next_up(np.maximum(a, b).sum(axis=0) + err)
+            blo = next_down(np.minimum(a, b).sum(axis=0) - err)
+            return np.maximum(np.maximum(-l2, blo), ex_lo), np.minimum(np.minimum(l2, bhi), ex_hi)
+        if self.kind == "zono":
+            s = up(np.abs(M).sum(axis=0), M.shape[0] + 2)
+            return -s, s
+        s = col_norms(M)
+        return -s, s
+
+
+def make_block(V: np.ndarray, M: np.ndarray) -> Term:
+    """A block term: conv(rows of V) @ M."""
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    vnorm = float(row_norms(V).max()) if V.shape[0] else 0.0
+    return Term(new_id(), "block", M, V=V, vnorm=vnorm, vlo=V.min(axis=0), vhi=V.max(axis=0))
+
+
+@dataclass
+class AffineSet:
+    """center + terms + box; see the module docstring. ``r_cap`` (optional) is a known upper bound of
+    ``|x - center|_2`` over the set, valid only for the set it is attached to."""
+
+    center: np.ndarray
+    box: np.ndarray
+    terms: list[Term]
+    r_cap: float | None = None
+
+    @property
+    def d(self) -> int:
+        return self.center.shape[0]
+
+    @staticmethod
+    def point(center: np.ndarray, err: np.ndarray | float = 0.0) -> AffineSet:
+        """The set {x : |x - center| <= err} (a float vector with a rounding-error box)."""
+        c = np.asarray(center, dtype=np.float64).copy()
+        return AffineSet(c, np.broadcast_to(np.asarray(err, dtype=np.float64), c.shape).copy(), [])
+
+    def copy(self) -> AffineSet:
+        return AffineSet(self.center.copy(), self.box.copy(), list(self.terms), self.r_cap)
+
+    def is_point(self) -> bool:
+        return not self.terms
+
+    # ---------------------------------------------------------------- linear operations
+    def _map(self, apply, err, box_map) -> AffineSet:
+        """Apply a linear map L given as ``apply(X) = fl(X @ L)`` for row-stacked X, ``err(X, XL)`` an
+        elementwise bound on ``|X @ L - fl(X @ L)|``, and ``box_map(r)`` an upper bound of ``|L|^T r``."""
+        c2 = apply(self.center[None, :])
+        box = box_map(self.box) + err(self.center[None, :], c2)[0]
+        terms = []
+        for t in self.terms:
+            M2 = apply(t.M)
+            box = box + t.col_error(err(t.M, M2))
+            terms.append(t.with_M(M2))
+        return AffineSet(c2[0], up(box, 4 + len(self.terms)), terms)
+
+    def affine(self, W: np.ndarray, bias: np.ndarray | None = None) -> AffineSet:
+        """The image {x W + bias}; W is d x d'."""
+        W = np.asarray(W, dtype=np.float64)
+        cn = col_norms(W)
+        g = gamma(W.shape[0])
+        absW = np.abs(W)
+
+        def err(X, _XL):
+            return up(g * np.multiply.outer(row_norms(X), cn))
+
+        out = self._map(lambda X: X @ W, err, lambda r: up(r @ absW, W.shape[0]))
+        if bias is not None:
+            out = out.shift(bias)
+        return out
+
+    def scale(self, a: np.ndarray) -> AffineSet:
+        """The image {x * a} (elementwise, a of length d)."""
+        a = np.asarray(a, dtype=np.float64)
+        return self._map(lambda X: X * a, lambda _X, XL: up(U * np.abs(XL)), lambda r: up(r * np.abs(a)))
+
+    def shift(self, v: np.ndarray, verr: np.ndarray | float = 0.0) -> AffineSet:
+        """The set {x + t : |t - v| <= verr} (v a float vector read exactly)."""
+        c = self.center + v
+        box = up(self.box + verr + U * np.abs(c), 3)
+        return AffineSet(c, box, list(self.terms))
+
+    def center_coords(self) -> AffineSet:
+        """The image under centering C = I - 11^T/d (LayerNorm's mean subtraction)."""
+        d = self.d
+        g = gamma(d + 2)
+
+        def apply(X):
+            return X - X.mean(axis=1, keepdims=True)
+
+        def err(X, XL):
+            return up(g * np.abs(X).mean(axis=1, keepdims=True) + U * np.abs(XL))
+
+        # |C|^T r = (1 - 2/d) r + sum(r)/d <= r + mean(r)
+        out = self._map(apply, err, lambda r: up(r + r.mean(), d + 2))
+        if self.r_cap is not None:
+            # C is an orthogonal projection: it does not increase distances (from the image of the center).
+            out.r_cap = float(up(self.r_cap + frob(err(self.center[None, :], out.center[None, :]))))
+        return out
+
+    def add(self, other: AffineSet) -> AffineSet:
+        """Minkowski sum; terms with the same id share their coefficients, so their matrices add."""
+        c = self.center + other.center
+        box = self.box + other.box + U * np.abs(c)
+        terms: dict[int, Term] = {t.id: t for t in self.terms}
+        order = [t.id for t in self.terms]
+        for t in other.terms:
+            if t.id in terms:
+                M = terms[t.id].M + t.M
+                box = box + terms[t.id].col_error(up(U * np.abs(M)))
+                terms[t.id] = t.with_M(M)
+            else:
+                terms[t.id] = t
+                order.append(t.id)
+        return AffineSet(c, up(box, 4), [terms[i] for i in order])
+
+    # ---------------------------------------------------------------- bounds
+    def coord_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rigorous lo, hi with lo_j <= x_j <= hi_j for every x in the set."""
+        plo, phi = [self.center, -self.box], [self.center, self.box]
+        for t in self.terms:
+            a, b = t.coord_dev()
+            plo.append(a)
+            phi.append(b)
+        lo, hi = sum_bounds(plo, phi)
+        if self.r_cap is not None:
+            lo = np.maximum(lo, next_down(self.center - self.r_cap))
+            hi = np.minimum(hi, next_up(self.center + self.r_cap))
+        return lo, hi
+
+    def l2_radius(self, about: np.ndarray | None = None) -> float:
+        """Upper bound of sup |x - about|_2 over the set (about defaults to the center)."""
+        off = 0.0 if about is None else float(up(np.linalg.norm(self.center - about), self.d + 4))
+        inner = sum(t.l2_sup() for t in self.terms) + float(up(np.linalg.norm(self.box), self.d + 4))
+        inner = float(up(inner, len(self.terms) + 2))
+        if self.r_cap is not None:
+            inner = min(inner, self.r_cap)
+        return float(up(off + inner))
+
+    def functional_bounds(
+        self, A: np.ndarray, exact: np.ndarray | None = None, exact_A: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rigorous lo, hi of x . A[:, k] over the set, for every column k of A (d x K).
+
+        Every column gets the cheap bound (Cauchy-Schwarz with each term's l2 sup). Columns listed
+        in ``exact`` additionally get the exact support function of each term (vertex max for blocks,
+        l1 of the zonotope's image, l2 of the ellipsoid's image); the better of the two is returned.
+        """
+        A = np.asarray(A, dtype=np.float64)
+        d, K = A.shape
+        an = col_norms(A)
+        cval = self.center @ A
+        cerr = up(gamma(d) * float(row_norms(self.center[None, :])[0]) * an)
+        boxdev = up(self.box @ np.abs(A), d)
+        dev = [boxdev, cerr] + [t.l2_sup() * an for t in self.terms]
+        dsum = up(sum(dev[1:], dev[0]), len(dev) + 2)
+        lo, hi = sum_bounds([cval, -dsum], [cval, dsum])
+        if exact is not None and len(exact):
+            Ae = A[:, exact]
+            ane = an[exact]
+            plo = [cval[exact], -boxdev[exact], -cerr[exact]]
+            phi = [cval[exact], boxdev[exact], cerr[exact]]
+            for t in self.terms:
+                a, b = _exact_support(t, Ae, ane)
+                plo.append(a)
+                phi.append(b)
+            elo, ehi = sum_bounds(plo, phi)
+            lo[exact] = np.maximum(lo[exact], elo)
+            hi[exact] = np.minimum(hi[exact], ehi)
+        return lo, hi
+
+    def collapse(self) -> AffineSet:
+        """A box around the set (center = box midpoint) that remembers the set's l2 radius in r_cap."""
+        lo, hi = self.coord_bounds()
+        mid = 0.5 * (lo + hi)
+        box = up(np.maximum(hi - mid, mid - lo), 2)
+        r = self.l2_radius(mid)
+        out = AffineSet(mid, box, [])
+        out.r_cap = min(r, float(up(np.linalg.norm(box), self.d + 4)))
+        return out
+
+
+def _exact_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (up to rounding, which is bounded) min and max of coef @ M @ A[:, k] over the term."""
+    B = t.M @ A
+    k = t.M.shape[0]
+    d = t.M.shape[1]
+    # |fl(M A) - M A| <= gamma(d) |M_e| |A_k|
+    EB = gamma(d) * np.multiply.outer(row_norms(t.M), an)
+    if t.kind == "block":
+        VB = t.V @ B
+        err = up(t.vnorm * (gamma(k) * col_norms(B) + col_norms(EB)))
+        return next_down(VB.min(axis=0) - err), next_up(VB.max(axis=0) + err)
+    if t.kind == "zono":
+        s = up(np.abs(B).sum(axis=0) + EB.sum(axis=0), k + 2)
+        return -s, s
+    s = up(col_norms(B) + col_norms(EB))
+    return -s, s
+
+
+def sqrt_up(x: float) -> float:
+    return float(up(math.sqrt(max(x, 0.0))))

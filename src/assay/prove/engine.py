@@ -1,0 +1,392 @@
+"""The bound computation: for one length L of the free string (and, when the last token is free, one
+choice of it), a certified lower bound on logit[c] - logit[k] at the last position, for every k != c.
+
+Positions of s + t + q split into
+
+- *anchors*: the prefix s. In a causal model they never see t, so their residual stream, keys and
+  values are exact at every layer (computed once, in float64 with error bounds, :meth:`Engine._prefix`).
+- *free* positions: each holds any allowed token. At layer 0 every variant is exact; at later layers
+  each (position, token) variant is an :class:`AffineSet` (what the earlier free tokens can do to it).
+  These do not depend on L, so they are computed once per position and reused.
+- the *tail*: the suffix q (or, when q is empty, the case-split last token), recomputed per case.
+
+At every layer, a query's attention output is bounded by the convex-combination rule of
+:func:`rules.head_output_set`: the exact positions (anchors, and any tail position that is still a
+point) give o_A; everything else can only pull the output towards the convex hull of its values, by
+at most lambda_max, which a long prefix squashes. The last position's final layer is kept as an
+AffineSet (no collapsing), pushed through LN, the MLP relaxation, the final LN and the unembedding
+differences, where the support function of each term is evaluated exactly for the competitors that
+need it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from assay.prove import rules
+from assay.prove.affine import AffineSet
+from assay.prove.fp import U, col_norms, gamma, sum_bounds, up
+from assay.prove.weights import ModelWeights
+
+
+@dataclass
+class PosKV:
+    """Keys (rotated) and values of one non-anchor position at one layer, per head, for each variant."""
+
+    K: np.ndarray  # [h, nvar, k]
+    Kbox: np.ndarray
+    V: np.ndarray
+    Vbox: np.ndarray
+    exact: bool  # one variant known up to rounding: attended to as an anchor
+
+
+@dataclass
+class CaseResult:
+    """Bounds for one case: length L and (when q is empty and L >= 1) the last token."""
+
+    L: int
+    last: int | None
+    margins: np.ndarray  # lower bounds of logit[c] - logit[k], k over all tokens (inf at c)
+    refined: list[int]
+    lambdas: list[float]  # final layer, last position, per head
+    margin: float = field(init=False)
+    worst: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.worst = int(np.argmin(self.margins))
+        self.margin = float(self.margins[self.worst])
+
+
+@dataclass
+class Options:
+    """Knobs of the bound; recorded in the certificate so that the checker follows the same recipe."""
+
+    n_refine: int = 8  # always evaluate the exact support for this many worst competitors
+    max_refine: int = 256  # at most this many exact evaluations per case
+
+    def to_dict(self) -> dict:
+        return {"n_refine": self.n_refine, "max_refine": self.max_refine}
+
+
+class Engine:
+    """Bounds for one claim (model, prefix, suffix, allowed) at any length 0..n_free."""
+
+    def __init__(self, W: ModelWeights, prefix, suffix, allowed: np.ndarray, options: Options | None = None):
+        self.W = W
+        self.cfg = cfg = W.cfg
+        self.prefix = np.asarray(prefix, dtype=np.int64)
+        self.suffix = np.asarray(suffix, dtype=np.int64)
+        self.allowed = np.asarray(allowed, dtype=np.int64)
+        self.opts = options or Options()
+        self.n_fix = len(self.prefix)
+        self.h, self.k = cfg.n_heads, cfg.d_head
+        self.scale = 1.0 / math.sqrt(cfg.d_head)
+        self.rope = cfg.positional_embedding_type == "rotary"
+        self.act = cfg.act_fn
+        self._free_sets: dict[tuple[int, int], list[AffineSet]] = {}
+        self._free_kv: dict[tuple[int, int], PosKV] = {}
+        self._prefix()
+
+    # ------------------------------------------------------------------ exact rows (anchors, variants)
+    def _embed(self, tokens: np.ndarray, positions: np.ndarray):
+        x = self.W.W_E[tokens]
+        if self.W.W_pos is not None:
+            x = x + self.W.W_pos[positions]
+            return x, up(U * np.abs(x), 1)
+        return x.copy(), np.zeros_like(x)
+
+    def _rot(self, X, Xbox, positions):
+        """Rotate [h, n, k] rows at positions (n,) when the model uses RoPE."""
+        if not self.rope:
+            return X, Xbox
+        cos, sin, cerr = rules.rope_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base)
+        return rules.rotate(X, Xbox, cos, sin, cerr)
+
+    def _qkv_rows(self, layer: int, x, xerr, positions, which=("Q", "K", "V")):
+        """Per head [h, n, k] projections of exact rows; Q and K rotated."""
+        lw = self.W.layers[layer]
+        xn, xnerr = rules.ln_points(x, xerr, lw.ln1_w, lw.ln1_b, self.W.eps)
+        out = {}
+        for name in which:
+            Wm, bm = getattr(lw, f"W_{name}"), getattr(lw, f"b_{name}")
+            P, E = zip(*(rules.ball_affine(xn, xnerr, Wm[h], bm[h]) for h in range(self.h)), strict=True)
+            P, E = np.stack(P), np.stack(E)
+            if name in ("Q", "K"):
+                P, E = self._rot(P, E, positions)
+            out[name] = (P, E)
+        return out
+
+    def _mlp_rows(self, layer: int, x, xerr):
+        lw = self.W.layers[layer]
+        xn, xnerr = rules.ln_points(x, xerr, lw.ln2_w, lw.ln2_b, self.W.eps)
+        p, perr = rules.ball_affine(xn, xnerr, lw.W_in, lw.b_in)
+        a, aerr = rules.act_points(p, perr, self.act)
+        return rules.ball_affine(a, aerr, lw.W_out, lw.b_out)
+
+    def _prefix(self) -> None:
+        """Exact forward pass of the prefix: residuals, keys and values at every layer."""
+        n = self.n_fix
+        pos = np.arange(n)
+        x, xerr = self._embed(self.prefix, pos)
+        self.anchor_resid = []  # per layer: input residual rows (x, err)
+        self.anchor_kv = []  # per layer: dict Q, K, V -> ([h, n, k], err)
+        for layer in range(self.cfg.n_layers):
+            self.anchor_resid.append((x, xerr))
+            qkv = self._qkv_rows(layer, x, xerr, pos)
+            self.anchor_kv.append(qkv)
+            if layer == self.cfg.n_layers - 1:
+                break
+            lw = self.W.layers[layer]
+            (Q, Qe), (K, Ke), (V, Ve) = qkv["Q"], qkv["K"], qkv["V"]
+            att = np.zeros_like(x)
+            atterr = np.zeros_like(x)
+            for h in range(self.h):
+                S, Srad = rules.score_rows(Q[h], Qe[h], K[h], Ke[h], self.scale)
+                o, obox = rules.causal_average_rows(S, Srad, V[h], Ve[h])
+                y, ye = rules.ball_affine(o, obox, lw.W_O[h], None)
+                att, atterr = att + y, up(atterr + ye + U * np.abs(att + y), 3)
+            att = att + lw.b_O
+            atterr = up(atterr + U * np.abs(att), 2)
+            mid = x + att
+            miderr = up(xerr + atterr + U * np.abs(mid), 3)
+            if self.cfg.attn_only:
+                x, xerr = mid, miderr
+            else:
+                src, srcerr = (x, xerr) if self.cfg.parallel_attn_mlp else (mid, miderr)
+                m, merr = self._mlp_rows(layer, src, srcerr)
+                x = mid + m
+                xerr = up(miderr + merr + U * np.abs(x), 3)
+
+    # ------------------------------------------------------------------ sets
+    def _proj_sets(self, layer: int, X: AffineSet, position: int, names=("Q", "K", "V")):
+        """Boxes [h, 1, k] around the projections (Q, K, V) of every x in X; Q and K rotated."""
+        lw = self.W.layers[layer]
+        Xn = rules.ln_set(X, lw.ln1_w, lw.ln1_b, self.W.eps)
+        out = {}
+        for name in names:
+            Wm, bm = getattr(lw, f"W_{name}"), getattr(lw, f"b_{name}")
+            C, B = [], []
+            for h in range(self.h):
+                lo, hi = Xn.affine(Wm[h], bm[h]).coord_bounds()
+                mid = 0.5 * (lo + hi)
+                C.append(mid)
+                B.append(up(np.maximum(hi - mid, mid - lo), 2))
+            C, B = np.stack(C)[:, None, :], np.stack(B)[:, None, :]
+            if name in ("Q", "K"):
+                C, B = self._rot(C, B, np.array([position]))
+            out[name] = (C, B)
+        return out
+
+    def _kv_of_sets(self, layer: int, sets: list[AffineSet], position: int) -> PosKV:
+        """Keys and values of a non-anchor position given its possible input sets (one per variant)."""
+        if all(s.is_point() for s in sets):
+            x = np.stack([s.center for s in sets])
+            xerr = np.stack([s.box for s in sets])
+            kv = self._qkv_rows(layer, x, xerr, np.full(len(sets), position), which=("K", "V"))
+            (K, Ke), (V, Ve) = kv["K"], kv["V"]
+            return PosKV(K, Ke, V, Ve, exact=len(sets) == 1)
+        parts = [self._proj_sets(layer, s, position, ("K", "V")) for s in sets]
+        K = np.concatenate([p["K"][0] for p in parts], axis=1)
+        Kb = np.concatenate([p["K"][1] for p in parts], axis=1)
+        V = np.concatenate([p["V"][0] for p in parts], axis=1)
+        Vb = np.concatenate([p["V"][1] for p in parts], axis=1)
+        return PosKV(K, Kb, V, Vb, exact=False)
+
+    def free_sets(self, i: int, layer: int) -> list[AffineSet]:
+        """Input sets at `layer` of free position n_fix + i, one per allowed token."""
+        key = (i, layer)
+        if key not in self._free_sets:
+            pos = self.n_fix + i
+            if layer == 0:
+                x, xerr = self._embed(self.allowed, np.full(len(self.allowed), pos))
+                sets = [AffineSet.point(x[j], xerr[j]) for j in range(len(self.allowed))]
+            else:
+                prev = self.free_sets(i, layer - 1)
+                others = [self.free_kv(j, layer - 1) for j in range(i)]
+                own = self.free_kv(i, layer - 1)
+                sets = []
+                for v, X in enumerate(prev):
+                    self_kv = PosKV(own.K[:, v : v + 1], own.Kbox[:, v : v + 1], own.V[:, v : v + 1],
+                                    own.Vbox[:, v : v + 1], exact=X.is_point())
+                    out, _ = self._layer_set(layer - 1, X, pos, others + [self_kv], final=False)
+                    sets.append(out)
+            self._free_sets[key] = sets
+        return self._free_sets[key]
+
+    def free_kv(self, i: int, layer: int) -> PosKV:
+        key = (i, layer)
+        if key not in self._free_kv:
+            kv = self._kv_of_sets(layer, self.free_sets(i, layer), self.n_fix + i)
+            kv.exact = False if len(self.allowed) > 1 else kv.exact
+            self._free_kv[key] = kv
+        return self._free_kv[key]
+
+    # ------------------------------------------------------------------ one layer at one position
+    def _attention(self, layer: int, q, qbox, position: int, others: list[PosKV], n_anchor: int):
+        """Set of the attention output (in d_model, bias included) at a query with box (q, qbox) [h, k].
+
+        Anchors are the first n_anchor prefix positions; `others` the non-anchor positions seen.
+        """
+        lw = self.W.layers[layer]
+        K, Ke = self.anchor_kv[layer]["K"]
+        V, Ve = self.anchor_kv[layer]["V"]
+        total = None
+        lams = []
+        exact = [o for o in others if o.exact]
+        rest = [o for o in others if not o.exact]
+        for h in range(self.h):
+            KA = np.concatenate([K[h, :n_anchor]] + [o.K[h] for o in exact])
+            KAb = np.concatenate([Ke[h, :n_anchor]] + [o.Kbox[h] for o in exact])
+            VA = np.concatenate([V[h, :n_anchor]] + [o.V[h] for o in exact])
+            VAb = np.concatenate([Ve[h, :n_anchor]] + [o.Vbox[h] for o in exact])
+            s, srad = rules.score_bounds(q[h], qbox[h], KA, KAb, self.scale)
+            o, obox, m, wa_lo = rules.anchor_average(s, srad, VA, VAb)
+            rest_hi, rest_V, rest_Vb = [], None, None
+            if rest:
+                for r in rest:
+                    rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
+                    rest_hi.append(np.nextafter(rs + rrad, np.inf))
+                rest_V = np.concatenate([r.V[h] for r in rest])
+                rest_Vb = np.concatenate([r.Vbox[h] for r in rest])
+            S, lam = rules.head_output_set(o, obox, m, wa_lo, rest_hi, rest_V, rest_Vb, lw.W_O[h])
+            lams.append(lam)
+            total = S if total is None else total.add(S)
+        return total.shift(lw.b_O), lams
+
+    def _layer_set(self, layer: int, X: AffineSet, position: int, others: list[PosKV], final: bool,
+                   n_anchor: int | None = None):
+        """Set of the residual after `layer` at a non-anchor position with input set X."""
+        lw = self.W.layers[layer]
+        if X.is_point():
+            qkv = self._qkv_rows(layer, X.center[None, :], X.box[None, :], np.array([position]), which=("Q",))
+            q, qbox = qkv["Q"][0][:, 0, :], qkv["Q"][1][:, 0, :]
+        else:
+            C, B = self._proj_sets(layer, X, position, ("Q",))["Q"]
+            q, qbox = C[:, 0, :], B[:, 0, :]
+        attn, lams = self._attention(layer, q, qbox, position, others, self.n_fix if n_anchor is None else n_anchor)
+        mid = X.add(attn)
+        if self.cfg.attn_only:
+            out = mid
+        else:
+            src = X if self.cfg.parallel_attn_mlp else mid
+            xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
+            out = mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
+        return (out if final else out.collapse()), lams
+
+    # ------------------------------------------------------------------ cases
+    def final_set(self, L: int, last: int | None) -> tuple[AffineSet, list[float]]:
+        """Set of the final (normalised) residual at the last position, for length L (and last token)."""
+        nl = self.cfg.n_layers
+        if len(self.suffix):
+            tail = list(self.suffix)
+            n_free_pos = L
+        elif L >= 1:
+            tail = [int(last)]
+            n_free_pos = L - 1
+        else:
+            tail = []
+            n_free_pos = 0
+        if not tail:
+            # L = 0 and no suffix: the last position is the last anchor.
+            p = self.n_fix - 1
+            Xs = [AffineSet.point(self.anchor_resid[nl - 1][0][p], self.anchor_resid[nl - 1][1][p])]
+            layer = nl - 1
+            qkv = self.anchor_kv[layer]["Q"]
+            q, qbox = qkv[0][:, p, :], qkv[1][:, p, :]
+            attn, lams = self._attention(layer, q, qbox, p, [], self.n_fix)
+            out = self._finish(layer, Xs[0], attn)
+            return out, lams
+        positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
+        x, xerr = self._embed(np.array(tail), np.array(positions))
+        X = [AffineSet.point(x[j], xerr[j]) for j in range(len(tail))]
+        lams: list[float] = []
+        for layer in range(nl):
+            free = [self.free_kv(i, layer) for i in range(n_free_pos)]
+            tail_kv = [self._kv_of_sets(layer, [X[j]], positions[j]) for j in range(len(tail))]
+            for j in range(len(tail)):
+                if layer < nl - 1 or j == len(tail) - 1:
+                    final = layer == nl - 1
+                    out, lams = self._layer_set(layer, X[j], positions[j], free + tail_kv[: j + 1], final=final)
+                    X[j] = out
+        return X[-1], lams
+
+    def _finish(self, layer: int, X: AffineSet, attn: AffineSet) -> AffineSet:
+        lw = self.W.layers[layer]
+        mid = X.add(attn)
+        if self.cfg.attn_only:
+            return mid
+        src = X if self.cfg.parallel_attn_mlp else mid
+        xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
+        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
+
+    def margins(self, X: AffineSet, c: int, refine: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+        """Lower bounds of logit[c] - logit[k] for every k (inf at k = c), X the final residual's set
+        (before the final LayerNorm), and the competitors whose exact support was evaluated.
+
+        Two bounds, the better taken per k: the Taylor set of LN_final(X) against the unembedding
+        difference, and the quotient bound a.y / sigma(y) >= (a.y)_min / sigma_{hi or lo} on the centred
+        set. With ``refine=None`` the refined set is every k whose cheap bound is <= 0 plus the
+        ``n_refine`` lowest, at most ``max_refine + n_refine`` in all.
+        """
+        W = self.W
+        WU, bU = W.W_U, W.b_U
+        A = WU[:, [c]] - WU  # exact up to Aerr
+        Aerr = up(U * np.abs(A), 1)
+        bd = bU[c] - bU
+        bderr = up(U * np.abs(bd), 1)
+        if W.lnf_w is None:
+            paths = [(X, A, Aerr, bd, bderr, None)]
+        else:
+            Z = rules.ln_set(X, W.lnf_w, W.lnf_b, W.eps)
+            Y = X.center_coords()
+            s_lo, s_hi = rules.sigma_range(Y, W.eps)
+            Aw = W.lnf_w[:, None] * A
+            Awerr = up(U * np.abs(Aw) + np.abs(W.lnf_w)[:, None] * Aerr, 2)
+            bb = W.lnf_b @ A
+            bberr = up(gamma(len(W.lnf_b)) * float(np.linalg.norm(W.lnf_b)) * col_norms(A) + np.abs(W.lnf_b) @ Aerr
+                       + U * np.abs(bb + bd), len(W.lnf_b) + 4)
+            paths = [(Z, A, Aerr, bd, bderr, None), (Y, Aw, Awerr, bb + bd, bberr + bderr, (s_lo, s_hi))]
+
+        def evaluate(exact):
+            best = None
+            for S, M, Merr, beta, betaerr, sig in paths:
+                lo_s, hi_s = S.coord_bounds()
+                smax = np.maximum(np.abs(lo_s), np.abs(hi_s))
+                ferr = up(smax @ Merr, S.d)
+                lo = S.functional_bounds(M, exact=exact)[0]
+                lo = sum_bounds([lo, -ferr])[0]
+                if sig is not None:
+                    lo = np.where(lo >= 0, np.nextafter(lo / sig[1], -np.inf), np.nextafter(lo / sig[0], -np.inf))
+                val = sum_bounds([lo, beta, -betaerr])[0]
+                best = val if best is None else np.maximum(best, val)
+            best[c] = np.inf
+            return best
+
+        cheap = evaluate(None)
+        if refine is None:
+            order = np.argsort(cheap, kind="stable")
+            order = order[order != c]
+            bad = [int(k) for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
+            refine = sorted(set(bad) | {int(k) for k in order[: self.opts.n_refine]})
+        if refine:
+            ex = np.array(refine, dtype=np.int64)
+            out = np.maximum(cheap, evaluate(ex))
+        else:
+            out = cheap
+        return out, list(refine)
+
+    def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
+        X, lams = self.final_set(L, last)
+        m, ref = self.margins(X, c, refine)
+        return CaseResult(L, last, m, ref, lams)
+
+    def reference_logits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Logit bounds (lo, hi) at the last position of s + q (L = 0)."""
+        X, _ = self.final_set(0, None)
+        Z = rules.ln_set(X, self.W.lnf_w, self.W.lnf_b, self.W.eps)
+        lo, hi = Z.functional_bounds(self.W.W_U)
+        berr = up(U * np.abs(self.W.b_U + lo) + U * np.abs(self.W.b_U + hi), 1)
+        return lo + self.W.b_U - berr, hi + self.W.b_U + berr

@@ -1,0 +1,405 @@
+"""One bound rule per kind of operation, each sound in real arithmetic and with its rounding bounded.
+
+- :func:`ln_points`: LayerNorm of exactly known rows (float values with error boxes).
+- :func:`ln_set`: LayerNorm of an :class:`AffineSet`: first-order Taylor expansion at a point of the
+  set plus a rigorous l2 bound on the second-order remainder (or, when that is worse, the Lipschitz
+  ball).
+- :func:`relax_activation`: sound linear bounds ``|act(p) - a p - b| <= mu`` on an interval.
+- :func:`mlp_set`: W_in, activation relaxation, W_out.
+- :func:`rope_cos_sin`, :func:`rotate`: RoPE (GPT-NeoX half-split) with error bounds.
+- :func:`anchor_average`: softmax average over positions with known keys/values (scores known up to
+  a radius), and the lower bound of its softmax mass; :func:`head_output_set`: the convex-combination
+  (over-squashing) bound for one head.
+
+Derivations are in docs/prove.md; the comments here give the inequality each line relies on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+from assay.prove.affine import AffineSet, Term, make_block, new_id
+from assay.prove.fp import ABS_ERF, REL_EXP, TINY, U, down, exp_bounds, gamma, next_down, next_up, up
+
+# Taylor remainder of g(y) = y / sqrt(|y|^2/d + eps): |R| <= (1/2) sup|D^2 g| |h|^2 and
+# sup |D^2 g[h,h]| / |h|^2 = sqrt(4/3) / (sqrt(d) sigma^2) (docs/prove.md; checked on a grid in the tests).
+LN_REMAINDER = 0.6
+GELU_D2_MAX = 0.8  # sup |gelu''| = sup phi(x) |2 - x^2| = 2 phi(0) = 0.7979 (at x = 0)
+GELU_GRID = 17
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------------------- LayerNorm
+def ln_points(x: np.ndarray, xerr: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float):
+    """LayerNorm of rows x (n x d) known up to |x* - x| <= xerr; returns (z, zerr) likewise.
+
+    With y = Cx, g(y) = y / sigma(y), sigma(y) = sqrt(|y|^2/d + eps): ``|g(y*) - g(y)|_i <=
+    |y*_i - y_i| / sigma_min + |y_i| |y* - y|_2 / (sqrt(d) sigma_min sigma(y))`` because sigma is
+    (1/sqrt d)-Lipschitz and sigma >= sigma_min on the segment.
+    """
+    if w is None:
+        return x.copy(), xerr.copy()
+    n, d = x.shape
+    y = x - x.mean(axis=1, keepdims=True)
+    xmean_abs = np.abs(x).mean(axis=1, keepdims=True)
+    yerr = up(xerr + xerr.mean(axis=1, keepdims=True) + gamma(d + 2) * xmean_abs + U * np.abs(y), d + 4)
+    s2 = (y * y).mean(axis=1, keepdims=True) + eps
+    sig = np.sqrt(s2)
+    sig_lo = down(sig, d + 8)
+    e2 = up(np.sqrt((yerr * yerr).sum(axis=1, keepdims=True)), d + 4)
+    sqd = math.sqrt(d)
+    sig_min = np.maximum(down(math.sqrt(eps), 4), down(sig_lo - up(e2 / sqd, 4), 4))
+    g = y / sig
+    gerr = up(yerr / sig_min + np.abs(y) * e2 / (sqd * sig_min * sig_lo) + np.abs(g) * 2 * gamma(d + 8), 16)
+    z = g * w + b
+    zerr = up(np.abs(w) * gerr + U * np.abs(g * w) + U * np.abs(z), 4)
+    return z, zerr
+
+
+def norm_lower_bound(Y: AffineSet, lo: np.ndarray, hi: np.ndarray, ys: np.ndarray) -> float:
+    """A lower bound of |y|_2 over the convex hull of Y and the point ys (ys inside the box [lo, hi]).
+
+    The larger of: the distance from 0 to the bounding box, and the least extent of the hull along
+    n = ys / |ys| (n . y >= that for every y, so |y| >= it when it is positive).
+    """
+    dist = np.maximum(np.maximum(lo, -hi), 0.0)
+    box_lb = float(down(math.sqrt(float((dist * dist).sum())), Y.d + 4))
+    nrm = float(np.linalg.norm(ys))
+    dir_lb = 0.0
+    if nrm > 0.0:
+        n = ys / nrm
+        lo_n, _ = Y.functional_bounds(n[:, None], exact=np.array([0]))
+        at_ys = float(down(float(n @ ys) - gamma(Y.d) * nrm * float(np.linalg.norm(n)), 2))
+        nn = float(up(np.linalg.norm(n), Y.d + 4))
+        dir_lb = float(down(min(float(lo_n[0]), at_ys) / nn, 2)) if min(float(lo_n[0]), at_ys) > 0 else 0.0
+    return max(box_lb, dir_lb)
+
+
+def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> AffineSet:
+    """A set containing LN(x) for every x in X.
+
+    Expansion at y* (midpoint of the bounding box of CX): g(y) = g(y*) + J*(y - y*) + R with
+    ``|R|_2 <= 0.6 r^2 / (sqrt(d) sigma_min^2)``, r = sup |y - y*|_2, sigma_min a lower bound of sigma
+    on every segment [y*, y] (|D^2 g[h, h]| <= (2/sqrt 3) |h|^2 / (sqrt(d) sigma^2), see docs).
+    If that remainder exceeds the Lipschitz bound r / sigma_min, the set is the ball g(y*) + B(r /
+    sigma_min), or the ball B(sqrt d) that holds every g(y) when that is smaller.
+    """
+    if w is None:
+        return X
+    d = X.d
+    Y = X.center_coords()
+    lo, hi = Y.coord_bounds()
+    ys = 0.5 * (lo + hi)
+    hw = up(np.maximum(hi - ys, ys - lo), 2)
+    r = min(float(up(np.linalg.norm(hw), d + 4)), Y.l2_radius(ys))
+    sig = math.sqrt(float((ys * ys).mean()) + eps)
+    sig_lo = float(down(sig, d + 8))
+    sqd = math.sqrt(d)
+    nlb = norm_lower_bound(Y, lo, hi, ys)
+    sig_min = max(
+        float(down(math.sqrt(eps), 4)),
+        float(down(sig_lo - float(up(r / sqd, 4)), 4)),
+        float(down(math.sqrt(nlb * nlb / d + eps), 8)),
+    )
+    g = ys / sig
+    gerr = up(np.abs(g) * 2 * gamma(d + 8))
+    rho = float(up(LN_REMAINDER * r * r / (sqd * sig_min * sig_min), 8))
+    lip = float(up(r / sig_min, 4))
+    if rho >= lip:
+        gn = float(up(np.linalg.norm(g), d + 4))
+        if lip >= gn + sqd:
+            out = AffineSet.point(np.zeros(d))
+            out.terms.append(Term(new_id(), "ell", np.eye(d) * float(up(sqd, 2))))
+        else:
+            out = AffineSet.point(g, gerr)
+            out.terms.append(Term(new_id(), "ell", np.eye(d) * lip))
+    else:
+        ynorm = float(up(np.linalg.norm(ys), d + 4))
+        ay = np.abs(ys)
+        c2 = d * sig_lo * sig_lo
+
+        def apply(M):
+            t = M @ ys
+            return (M - np.multiply.outer(t, ys) / (d * sig * sig)) / sig
+
+        def err(M, _ML):
+            t = np.abs(M @ ys)
+            rn = np.sqrt((M * M).sum(axis=1))
+            e = 4 * gamma(d + 8) * (np.abs(M) + np.multiply.outer(t, ay) / c2)
+            e = e + gamma(d) * np.multiply.outer(rn * ynorm, ay) / c2
+            return up(up(e, 8) / sig_lo, 4)
+
+        def box_map(rr):
+            return up((rr + ay * float(up(ay @ rr, d)) / c2) / sig_lo, 8)
+
+        out = Y.shift(-ys)._map(apply, err, box_map).shift(g, gerr)
+        out.terms.append(Term(new_id(), "ell", np.eye(d) * rho))
+    return out.scale(w).shift(b)
+
+
+def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
+    """Bounds sigma_lo <= sqrt(|y|^2/d + eps) <= sigma_hi over a (centred) set Y."""
+    d = Y.d
+    lo, hi = Y.coord_bounds()
+    ys = 0.5 * (lo + hi)
+    nlb = norm_lower_bound(Y, lo, hi, ys)
+    big = np.maximum(np.abs(lo), np.abs(hi))
+    nub = min(float(up(np.linalg.norm(big), d + 4)), float(up(float(np.linalg.norm(ys)) + Y.l2_radius(ys), 4)))
+    s_lo = float(down(math.sqrt(nlb * nlb / d + eps), 8))
+    s_hi = float(up(math.sqrt(nub * nub / d + eps), 8))
+    return s_lo, s_hi
+
+
+# --------------------------------------------------------------------------------------- activations
+def gelu(p: np.ndarray) -> np.ndarray:
+    """GELU (erf form) in float64."""
+    return 0.5 * p * (1.0 + erf(p * INV_SQRT2))
+
+
+def _gelu_err(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    # erf error <= ABS_ERF; argument rounding 2U|p|/sqrt2 moves erf by <= 1.13 * that; then 3 more roundings.
+    return up(0.5 * np.abs(p) * (ABS_ERF + 3 * U * np.abs(p) + 3 * U) + 3 * U * np.abs(g), 4)
+
+
+def relax_activation(lo: np.ndarray, hi: np.ndarray, act: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slopes a, offsets b, half-widths mu with |act(p) - a p - b| <= mu for every real p in [lo, hi]."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if act == "relu":
+        a = np.where(lo >= 0, 1.0, np.where(hi <= 0, 0.0, hi / np.where(hi > lo, hi - lo, 1.0)))
+        a = np.clip(a, 0.0, 1.0)
+        # h(p) = relu(p) - a p is convex and piecewise linear with its kink at 0: extremes at lo, 0, hi.
+        h_lo = np.where(lo >= 0, (1 - a) * lo, -a * lo)
+        h_hi = np.where(hi >= 0, (1 - a) * hi, -a * hi)
+        e_lo = up(2 * U * (np.abs(lo) + np.abs(a * lo)))
+        e_hi = up(2 * U * (np.abs(hi) + np.abs(a * hi)))
+        hmax = np.maximum(h_lo + e_lo, h_hi + e_hi)
+        hmin = np.minimum(h_lo - e_lo, h_hi - e_hi)
+        crosses = (lo < 0) & (hi > 0)
+        hmin = np.where(crosses, np.minimum(hmin, 0.0), hmin)
+    elif act == "gelu":
+        width = hi - lo
+        wide = width > 1e-9 * (1.0 + np.abs(lo) + np.abs(hi))
+        g_lo, g_hi = gelu(lo), gelu(hi)
+        mid = 0.5 * (lo + hi)
+        dmid = 0.5 * (1.0 + erf(mid * INV_SQRT2)) + mid * np.exp(-0.5 * mid * mid) / math.sqrt(2 * math.pi)
+        a = np.where(wide, (g_hi - g_lo) / np.where(wide, width, 1.0), dmid)
+        t = np.linspace(0.0, 1.0, GELU_GRID)
+        P = lo[:, None] + np.multiply.outer(width, t)
+        P[:, 0], P[:, -1] = lo, hi
+        P = np.maximum(np.minimum(P, hi[:, None]), lo[:, None])
+        G = gelu(P)
+        H = G - a[:, None] * P
+        Herr = up(_gelu_err(P, G) + 2 * U * (np.abs(a[:, None] * P) + np.abs(H)), 4)
+        step = up(np.diff(P, axis=1), 2)
+        curv = up(GELU_D2_MAX * step * step / 8.0, 4)
+        top = np.maximum(H[:, :-1] + Herr[:, :-1], H[:, 1:] + Herr[:, 1:]) + curv
+        bot = np.minimum(H[:, :-1] - Herr[:, :-1], H[:, 1:] - Herr[:, 1:]) - curv
+        hmax = next_up(top.max(axis=1))
+        hmin = next_down(bot.min(axis=1))
+    else:
+        raise ValueError(f"no relaxation for activation {act!r}")
+    b = 0.5 * (hmax + hmin)
+    mu = up(np.maximum(hmax - b, b - hmin), 2)
+    return a, b, mu
+
+
+def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str) -> AffineSet:
+    """A set containing act(x W_in + b_in) W_out + b_out for every x in X."""
+    P = X.affine(W_in, b_in)
+    lo, hi = P.coord_bounds()
+    a, b, mu = relax_activation(lo, hi, act)
+    H = P.scale(a).shift(b)
+    out = H.affine(W_out, b_out)
+    rows = np.nonzero(mu > 0)[0]
+    if rows.size:
+        Z = mu[rows, None] * W_out[rows]
+        t = Term(new_id(), "zono", Z)
+        out.box = up(out.box + t.col_error(up(U * np.abs(Z))), 2)
+        out.terms.append(t)
+    return out
+
+
+# --------------------------------------------------------------------------------------- RoPE
+def rope_cos_sin(positions: np.ndarray, rotary_dim: int, base: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cos, sin [n, rotary_dim/2] of the angles p * base^(-2i/rotary_dim), and an absolute error bound."""
+    inv_freq = 1.0 / (base ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    # inv_freq: pow within 1 ulp of its rounded argument (|ln base| * U off), then 1/x; angle one more product.
+    rel = (8.0 + abs(math.log(base))) * U
+    err = up(np.abs(ang) * rel + 16 * U)
+    return np.cos(ang), np.sin(ang), err
+
+
+def rotate(x: np.ndarray, xbox: np.ndarray, cos: np.ndarray, sin: np.ndarray, cerr: np.ndarray):
+    """RoPE-rotate x [..., n, k] (first 2*cos.shape[-1] dims, half-split) with boxes; cos etc. [n, half]."""
+    half = cos.shape[-1]
+    rd = 2 * half
+    x1, x2 = x[..., :half], x[..., half:rd]
+    b1, b2 = xbox[..., :half], xbox[..., half:rd]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    mag = np.abs(x1) + np.abs(x2)
+    e_mag = up((np.abs(x1 * cos) + np.abs(x2 * sin) + np.abs(x2 * cos) + np.abs(x1 * sin)) * 2 * U + mag * cerr, 4)
+    ca, sa = np.abs(cos) + cerr, np.abs(sin) + cerr
+    e1 = up(e_mag + ca * b1 + sa * b2, 4)
+    e2 = up(e_mag + ca * b2 + sa * b1, 4)
+    out = np.concatenate([o1, o2, x[..., rd:]], axis=-1)
+    obox = np.concatenate([e1, e2, xbox[..., rd:]], axis=-1)
+    return out, obox
+
+
+# --------------------------------------------------------------------------------------- attention
+def score_bounds(q, qbox, K, Kbox, scale):
+    """Bounds on (q* . k*) * scale for |q* - q| <= qbox, |k* - k| <= Kbox; q [k], K [n, k]; scale = 1/sqrt(d_head).
+
+    Returns (s, srad): the float scores and a radius with |true - s| <= srad.
+    """
+    kdim = q.shape[-1]
+    dot = K @ q
+    kn = np.sqrt((K * K).sum(axis=1))
+    unc = Kbox @ np.abs(q) + np.abs(K) @ qbox + Kbox @ qbox
+    unc = up(unc + gamma(kdim) * float(np.linalg.norm(q)) * kn, kdim + 8)
+    s = dot * scale
+    # scale = 1/sqrt(d_head) is within 2U relative of the float used; one more product.
+    srad = up(unc * scale + np.abs(s) * 4 * U, 6)
+    return s, srad
+
+
+def anchor_average(s: np.ndarray, srad: np.ndarray, V: np.ndarray, Vbox: np.ndarray):
+    """Softmax average over anchor positions with scores s +- srad and values V +- Vbox.
+
+    Returns (o, obox, m, w_lo): |o_true - o| <= obox for every admissible score/value, m the float
+    shift used, and w_lo a lower bound of sum_j exp(s_true_j - m). Bound (docs): with the normalised
+    weights p~ of the float computation (softmax of s + delta, |delta| small) and |s_true - s - delta|
+    <= rbar, ``|p_true - p~| <= p~ (exp(2 rbar) - 1)``, and ``o_true - o = sum_j p_true (v* - v) +
+    sum_j (p_true - p~)(v_j - o) + (p~ V - o)``.
+    """
+    n = s.shape[0]
+    m = float(s.max())
+    x = s - m
+    xerr = up(srad + U * np.abs(x), 2)
+    w_lo, _ = exp_bounds(x, xerr)
+    w = np.exp(x)
+    S = w.sum()
+    p = w / S
+    o = p @ V
+    dev = p @ np.abs(V - o)
+    rbar = float(up(float(xerr.max()) + 1.01 * (REL_EXP + gamma(n + 2)) + 2 * U * float(np.abs(x).max()), 4))
+    tau = float(up(math.expm1(2.0 * rbar), 8))
+    ferr = up(3 * gamma(n + 3) * (p @ np.abs(V)), 4)
+    obox = up(Vbox.max(axis=0) + tau * up(dev, n + 8) + ferr, 4)
+    return o, obox, m, float(down(w_lo.sum(), n + 2))
+
+
+def head_output_set(
+    o: np.ndarray,
+    obox: np.ndarray,
+    m: float,
+    wa_lo: float,
+    rest_hi: list[np.ndarray],
+    rest_V: np.ndarray | None,
+    rest_Vbox: np.ndarray | None,
+    W_O: np.ndarray,
+) -> tuple[AffineSet, float]:
+    """The set of possible outputs of one head (mapped by W_O), and lambda_max.
+
+    ``rest_hi``: for each non-anchor position, upper bounds of its possible scores (one per variant);
+    ``rest_V``: all possible values (rows) of the non-anchor positions, ``rest_Vbox`` their error boxes.
+    The output is (1 - lam) o_A + lam u with u in conv(rest values), lam = W_R / (W_A + W_R) <=
+    lambda_max = W_R^max / (W_A^min + W_R^max); so output - o lies in
+    box_A + conv({0} u lambda_max (V_R - o)) + lambda_max box_R.
+    """
+    if not rest_hi:
+        return AffineSet.point(o, obox).affine(W_O), 0.0
+    wr = 0.0
+    for hi in rest_hi:
+        x = hi - m
+        _, e_hi = exp_bounds(x, up(U * np.abs(x), 2))
+        wr += float(e_hi.max())
+    wr = float(up(wr, len(rest_hi) + 2))
+    if not math.isfinite(wr) or wa_lo <= 0.0:
+        lam = 1.0
+    else:
+        lam = min(1.0, float(up(wr / (wa_lo + wr), 4)))
+    D = rest_V - o
+    Vv = lam * D
+    verr = up(3 * U * np.abs(Vv).max(axis=0) + lam * rest_Vbox.max(axis=0), 4)
+    verts = np.vstack([np.zeros((1, o.shape[0])), Vv])
+    S = AffineSet.point(o, up(obox + verr, 2)).affine(W_O)
+    S.terms.append(make_block(verts, W_O))
+    return S, lam
+
+
+__all__ = [
+    "TINY",
+    "anchor_average",
+    "head_output_set",
+    "ln_points",
+    "ln_set",
+    "mlp_set",
+    "relax_activation",
+    "rope_cos_sin",
+    "rotate",
+    "score_bounds",
+]
+
+
+# --------------------------------------------------------------------------------------- exact rows
+def ball_affine(x: np.ndarray, xerr: np.ndarray, W: np.ndarray, b: np.ndarray | None):
+    """(x W + b, err) for rows x (n x d) known up to xerr: err >= |W|^T-propagated input error + rounding."""
+    y = x @ W
+    d = W.shape[0]
+    cn = np.sqrt((W * W).sum(axis=0))
+    rn = np.sqrt((x * x).sum(axis=1))
+    e = xerr @ np.abs(W) + gamma(d) * np.multiply.outer(rn, cn)
+    if b is not None:
+        y = y + b
+    return y, up(up(e, d + 8) + U * np.abs(y), 2)
+
+
+GELU_D1_MAX = 1.13  # sup |gelu'| = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.0682
+
+
+def act_points(p: np.ndarray, perr: np.ndarray, act: str):
+    """act(p) for values known up to perr: ReLU is 1-Lipschitz and exact; |gelu'| <= 1.13."""
+    if act == "relu":
+        return np.maximum(p, 0.0), perr.copy()
+    g = gelu(p)
+    return g, up(GELU_D1_MAX * perr + _gelu_err(p, g), 2)
+
+
+def score_rows(Q: np.ndarray, Qbox: np.ndarray, K: np.ndarray, Kbox: np.ndarray, scale: float):
+    """Scores (nq x n) = Q K^T * scale with a radius, for queries/keys known up to boxes."""
+    kdim = Q.shape[-1]
+    dot = Q @ K.T
+    unc = np.abs(Q) @ Kbox.T + Qbox @ np.abs(K).T + Qbox @ Kbox.T
+    unc = up(unc + gamma(kdim) * np.multiply.outer(np.sqrt((Q * Q).sum(1)), np.sqrt((K * K).sum(1))), kdim + 8)
+    s = dot * scale
+    return s, up(unc * scale + np.abs(s) * 4 * U, 6)
+
+
+def causal_average_rows(S: np.ndarray, Srad: np.ndarray, V: np.ndarray, Vbox: np.ndarray):
+    """:func:`anchor_average` for the causal rows of a fixed block: row i sees positions 0..i.
+
+    Uses the triangle bound sum_j p_j |v_j - o| <= p |V| + |o| (fine when the score radius is rounding-sized).
+    """
+    nq, n = S.shape
+    valid = np.tril(np.ones((nq, n), dtype=bool))
+    Sm = np.where(valid, S, -np.inf)
+    m = Sm.max(axis=1, keepdims=True)
+    x = np.where(valid, S - m, -np.inf)
+    xabs = np.abs(np.where(valid, x, 0.0))
+    xerr = np.where(valid, up(Srad + U * xabs, 2), 0.0)
+    w = np.exp(x)
+    p = w / w.sum(axis=1, keepdims=True)
+    o = p @ V
+    pabsV = p @ np.abs(V)
+    rbar = up(xerr.max(axis=1) + 1.01 * (REL_EXP + gamma(n + 2)) + 2 * U * xabs.max(axis=1), 4)
+    tau = up(np.expm1(2.0 * rbar), 8)[:, None]
+    vmax = np.maximum.accumulate(Vbox, axis=0)
+    obox = up(vmax + tau * up(pabsV + np.abs(o), n + 8) + 3 * gamma(n + 3) * pabsV, 4)
+    return o, obox
