@@ -109,13 +109,17 @@ class Attention(nn.Module):
             cos, sin = rotary_cos_sin(n, cfg.rotary_dim, cfg.rotary_base, x.dtype, x.device)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(cfg.d_head)
+        # The scores [b, h, q, k] are the largest tensors of a long-sequence pass: a batched matmul on
+        # [b, h, q, e] x [b, h, e, k] gives them contiguous, and the scale and the mask are applied in
+        # place on that fresh product (same values as einsum, `/`, masked_fill; fewer full-size copies).
+        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))
+        scores.div_(math.sqrt(cfg.d_head))
         if cfg.causal:
             future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
+            scores.masked_fill_(future, float("-inf"))
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(attention_pattern(scores, cfg.attention))
-        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        z = self.hook_z(torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))  # [b, q, h, e]
         if self.use_attn_result:
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))  # [b, q, h, d]
             return result.sum(dim=2) + self.b_O
