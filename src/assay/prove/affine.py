@@ -62,9 +62,10 @@ class Term:
     vnorm: float = 0.0  # block: >= max_g |V_g|_2
     vlo: np.ndarray | None = None  # block: per-coordinate min of V
     vhi: np.ndarray | None = None  # block: per-coordinate max of V
+    _l2: float | None = None  # cached l2_sup (M never changes in place)
 
     def with_M(self, M: np.ndarray) -> Term:
-        return replace(self, M=M)
+        return replace(self, M=M, _l2=None)
 
     def col_error(self, E: np.ndarray) -> np.ndarray:
         """Upper bound, per output coordinate j, of |coef . E[:, j]| over the term's coefficients,
@@ -77,11 +78,14 @@ class Term:
 
     def l2_sup(self) -> float:
         """Upper bound of |coef @ M|_2 over the term's coefficients."""
-        if self.kind == "block":
-            return float(up(self.vnorm * spectral_norm_upper(self.M)))
-        if self.kind == "zono":
-            return float(up(row_norms(self.M).sum(), self.M.shape[0] + 2))
-        return spectral_norm_upper(self.M)
+        if self._l2 is None:
+            if self.kind == "block":
+                self._l2 = float(up(self.vnorm * spectral_norm_upper(self.M)))
+            elif self.kind == "zono":
+                self._l2 = float(up(row_norms(self.M).sum(), self.M.shape[0] + 2))
+            else:
+                self._l2 = spectral_norm_upper(self.M)
+        return self._l2
 
     def coord_dev(self) -> tuple[np.ndarray, np.ndarray]:
         """(dlo, dhi) with dlo <= coef @ M <= dhi per coordinate (dlo <= 0 <= dhi not assumed)."""

@@ -22,6 +22,7 @@ class Enumeration:
     argmax_tokens: set[int]  # every argmax that occurred
     min_margin: dict[int, float]  # per candidate token c: min over strings of logit[c] - max_{k != c} logit[k]
     per_length: list[float]  # min margin of the L = 0 argmax token, per length
+    first_argmax: int  # argmax at L = 0 (prefix + suffix alone)
 
 
 def strings(n_free: int, allowed: Sequence[int]) -> Iterator[tuple[int, ...]]:
@@ -71,4 +72,4 @@ def enumerate_claim(
     other[:, c0] = -np.inf
     marg = logits[:, c0] - other.max(axis=1)
     per_length = [float(marg[lens == L].min()) for L in sorted(by_len)]
-    return Enumeration(len(logits), set(arg.tolist()), min_margin, per_length)
+    return Enumeration(len(logits), set(arg.tolist()), min_margin, per_length, c0)

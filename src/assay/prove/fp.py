@@ -43,7 +43,8 @@ def up(x, n: int = 8):
     ``x`` is the float result (scalar or array, entries >= 0). Inflating by ``1 + 4 gamma(n)`` covers
     the relative rounding error of up to n operations on non-negative terms; ``TINY`` covers underflow.
     """
-    return x * (1.0 + 4.0 * gamma(n)) + TINY
+    m = n + 2
+    return x * (1.0 + 4.0 * m * U / (1.0 - m * U)) + TINY
 
 
 def down(x, n: int = 8):

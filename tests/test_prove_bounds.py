@@ -1,0 +1,365 @@
+"""The prover's individual bound rules against sampling inside their input sets and exact arithmetic.
+
+Every rule promises "the output set contains f(x) for every x in the input set". We draw many x from
+the input set (including its extreme points: vertices, zonotope corners), apply the real function in
+float64 (or in arb ball arithmetic where rounding matters) and check that f(x) passes every bound the
+output set gives: each coordinate, and many random linear functionals with exact support evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flint import arb, arb_mat, ctx
+
+from assay.prove import fp, rules
+from assay.prove.affine import AffineSet, Term, make_block, new_id
+
+TOL = 1e-10
+
+
+# ------------------------------------------------------------------ sampling inside an AffineSet
+def random_set(rng, d, scale=1.0, kinds=("block", "zono", "ell"), center=None) -> AffineSet:
+    c = rng.standard_normal(d) * 2 if center is None else center
+    S = AffineSet.point(c, np.abs(rng.standard_normal(d)) * 1e-3 * scale)
+    if "block" in kinds:
+        k, N = int(rng.integers(2, 6)), int(rng.integers(2, 9))
+        S.terms.append(make_block(rng.standard_normal((N, k)) * scale, rng.standard_normal((k, d)) * 0.5))
+    if "zono" in kinds:
+        m = int(rng.integers(1, 6))
+        S.terms.append(Term(new_id(), "zono", rng.standard_normal((m, d)) * 0.3 * scale))
+    if "ell" in kinds:
+        k = int(rng.integers(1, d + 1))
+        S.terms.append(Term(new_id(), "ell", rng.standard_normal((k, d)) * 0.3 * scale))
+    return S
+
+
+def coefficients(S: AffineSet, n: int, rng) -> dict[int, np.ndarray]:
+    """Random coefficients (n rows) for every term of S, a third of them at extreme points."""
+    out = {}
+    for t in S.terms:
+        k = t.M.shape[0]
+        if t.kind == "block":
+            N = t.V.shape[0]
+            a = rng.dirichlet(np.ones(N) * 0.3, size=n)
+            a[: n // 3] = np.eye(N)[rng.integers(0, N, n // 3)]
+            out[t.id] = a @ t.V
+        elif t.kind == "zono":
+            e = rng.uniform(-1, 1, (n, k))
+            e[: n // 3] = np.sign(e[: n // 3])
+            out[t.id] = e
+        else:
+            b = rng.standard_normal((n, k))
+            b /= np.linalg.norm(b, axis=1, keepdims=True)
+            b *= rng.uniform(0, 1, (n, 1)) ** (1 / k)
+            b[: n // 3] /= np.linalg.norm(b[: n // 3], axis=1, keepdims=True)
+            out[t.id] = b * (1 - 1e-12)
+    return out
+
+
+def points(S: AffineSet, coefs: dict[int, np.ndarray], rng, box=True) -> np.ndarray:
+    n = next(iter(coefs.values())).shape[0] if coefs else 64
+    x = np.tile(S.center, (n, 1))
+    for t in S.terms:
+        x = x + coefs[t.id] @ t.M
+    if box:
+        x = x + rng.uniform(-1, 1, x.shape) * S.box
+    return x
+
+
+def assert_inside(S: AffineSet, X: np.ndarray, rng, n_dirs=16, what=""):
+    lo, hi = S.coord_bounds()
+    assert np.all(X >= lo - TOL * (1 + np.abs(lo))), f"{what}: below coordinate bound by {np.max(lo - X)}"
+    assert np.all(X <= hi + TOL * (1 + np.abs(hi))), f"{what}: above coordinate bound by {np.max(X - hi)}"
+    A = rng.standard_normal((S.d, n_dirs))
+    for exact in (None, np.arange(n_dirs)):
+        flo, fhi = S.functional_bounds(A, exact=exact)
+        vals = X @ A
+        assert np.all(vals >= flo - TOL * (1 + np.abs(flo))), f"{what}: functional below by {np.max(flo - vals)}"
+        assert np.all(vals <= fhi + TOL * (1 + np.abs(fhi))), f"{what}: functional above by {np.max(vals - fhi)}"
+
+
+# ------------------------------------------------------------------ floating-point helpers
+@pytest.fixture
+def high_precision():
+    old = ctx.prec
+    ctx.prec = 400
+    yield
+    ctx.prec = old
+
+
+def test_matmul_error_bound_against_exact_arithmetic(high_precision):
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, k, m = rng.integers(1, 8, size=3)
+        A = rng.standard_normal((n, k)) * 10.0 ** rng.integers(-8, 8, size=(n, k))
+        B = rng.standard_normal((k, m)) * 10.0 ** rng.integers(-8, 8, size=(k, m))
+        C, E = fp.matmul(A, B)
+        exact = arb_mat(A.tolist()) * arb_mat(B.tolist())
+        for i in range(n):
+            for j in range(m):
+                diff = abs(exact[i, j] - arb(float(C[i, j])))
+                assert diff.upper() <= arb(float(E[i, j])), (i, j)
+
+
+def test_spectral_norm_upper_is_an_upper_bound_and_not_loose():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        k, d = rng.integers(1, 40, size=2)
+        M = rng.standard_normal((k, d)) * rng.uniform(1e-3, 1e3)
+        if rng.random() < 0.3:
+            M[:, 0] *= 100  # ill-conditioned
+        true = np.linalg.norm(M, 2)
+        ub = fp.spectral_norm_upper(M)
+        assert ub >= true * (1 - 1e-12)
+        assert ub <= 1.6 * true
+
+
+def test_exp_bounds_contain_exact_exponential(high_precision):
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-700, 700, 200)
+    r = np.abs(rng.standard_normal(200)) * 1e-3
+    lo, hi = fp.exp_bounds(x, r)
+    for xi, ri, l, h in zip(x, r, lo, hi, strict=True):
+        a, b = arb(float(xi) - float(ri)).exp(), arb(float(xi) + float(ri)).exp()
+        assert arb(float(l)) <= a.lower() or l == 0.0
+        assert arb(float(h)) >= b.upper()
+
+
+def test_sum_bounds_contain_exact_sum(high_precision):
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal(50) * 10.0 ** rng.integers(-10, 10, 50) for _ in range(6)]
+    lo, hi = fp.sum_bounds(parts)
+    for j in range(50):
+        exact = sum((arb(float(p[j])) for p in parts), arb(0))
+        assert arb(float(lo[j])) <= exact.lower() and arb(float(hi[j])) >= exact.upper()
+
+
+def test_layernorm_taylor_constant_on_a_grid():
+    """sup |D^2 g[h,h]| sqrt(d) sigma^2 / |h|^2 = sqrt(F) with F(x, b) = b(1+2x-3xb)^2 + 4x(1-x)b on
+    [0,1]^2 (x = cos^2 of the angle of h to y, b = |y|^2/(d sigma^2)). A grid plus a Lipschitz margin
+    (|dF/dx| <= 16, |dF/db| <= 28 on the square) shows F <= 4/3 + 3e-3, so the remainder
+    (1/2) sqrt(F) |h|^2 / (sqrt(d) sigma^2) is below LN_REMAINDER = 0.6."""
+    n = 4001
+    x = np.linspace(0, 1, n)[:, None]
+    b = np.linspace(0, 1, n)[None, :]
+    F = b * (1 + 2 * x - 3 * x * b) ** 2 + 4 * x * (1 - x) * b
+    h = 1.0 / (n - 1)
+    bound = F.max() + (16 + 28) * h / 2
+    assert F.max() == pytest.approx(4 / 3, abs=1e-6)
+    assert 0.5 * math.sqrt(bound) <= rules.LN_REMAINDER
+
+
+def test_layernorm_hessian_formula_against_finite_differences():
+    rng = np.random.default_rng(4)
+    worst = 0.0
+    for _ in range(3000):
+        d = int(rng.integers(2, 20))
+        eps = 10.0 ** rng.uniform(-6, 0)
+        y = rng.standard_normal(d) * 10.0 ** rng.uniform(-3, 1)
+        hv = rng.standard_normal(d)
+        hv /= np.linalg.norm(hv)
+
+        def g(v, d=d, eps=eps):
+            return v / np.sqrt(v @ v / d + eps)
+
+        t = 1e-4 * max(1e-2, np.sqrt(y @ y / d + eps))
+        D2 = (g(y + t * hv) - 2 * g(y) + g(y - t * hv)) / t**2
+        worst = max(worst, np.linalg.norm(D2) * math.sqrt(d) * (y @ y / d + eps))
+    assert worst <= math.sqrt(4 / 3) * 1.01
+
+
+# ------------------------------------------------------------------ AffineSet operations
+def test_affine_set_operations_contain_images():
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        d = int(rng.integers(2, 12))
+        S = random_set(rng, d, scale=rng.uniform(0.01, 3))
+        co = coefficients(S, 300, rng)
+        X = points(S, co, rng)
+        assert_inside(S, X, rng, what="input")
+        W = rng.standard_normal((d, int(rng.integers(1, 10))))
+        bias = rng.standard_normal(W.shape[1])
+        T = S.affine(W, bias)
+        assert_inside(T, X @ W + bias, rng, what="affine")
+        a = rng.standard_normal(d)
+        assert_inside(S.scale(a), X * a, rng, what="scale")
+        assert_inside(S.center_coords(), X - X.mean(axis=1, keepdims=True), rng, what="center")
+        # add: a second set sharing S's symbols (computed from the same coefficients) plus its own
+        W2 = rng.standard_normal((d, d))
+        T2 = S.affine(W2)
+        own = random_set(rng, d, kinds=("zono",))
+        co2 = coefficients(own, 300, rng)
+        Y = X @ W2 + points(own, co2, rng, box=False) - own.center
+        U = S.add(T2.add(AffineSet(np.zeros(d), own.box, own.terms)))
+        assert_inside(U, X + Y, rng, what=f"add {trial}")
+        C = S.collapse()
+        assert_inside(C, X, rng, what="collapse")
+        assert np.linalg.norm(X - C.center, axis=1).max() <= C.r_cap * (1 + 1e-12)
+        assert np.linalg.norm(X - S.center, axis=1).max() <= S.l2_radius() * (1 + 1e-12)
+
+
+def test_exact_support_is_attained_by_vertices():
+    """For a block-only set the exact functional bound equals the best vertex (up to rounding)."""
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        d = 6
+        V = rng.standard_normal((7, 3))
+        M = rng.standard_normal((3, d))
+        S = AffineSet.point(rng.standard_normal(d))
+        S.terms.append(make_block(V, M))
+        A = rng.standard_normal((d, 5))
+        lo, hi = S.functional_bounds(A, exact=np.arange(5))
+        vals = (S.center + V @ M) @ A
+        np.testing.assert_allclose(lo, vals.min(axis=0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(hi, vals.max(axis=0), rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------ LayerNorm
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 1.0, 5.0])
+def test_ln_set_contains_layernorm_of_samples(scale):
+    rng = np.random.default_rng(7)
+    for _ in range(15):
+        d = int(rng.integers(3, 16))
+        S = random_set(rng, d, scale=scale)
+        w = rng.standard_normal(d) + 1
+        b = rng.standard_normal(d) * 0.2
+        eps = 1e-5
+        X = points(S, coefficients(S, 400, rng), rng)
+        Y = X - X.mean(axis=1, keepdims=True)
+        Z = Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b
+        assert_inside(rules.ln_set(S, w, b, eps), Z, rng, what=f"ln scale={scale}")
+
+
+def test_ln_points_against_arb(high_precision):
+    rng = np.random.default_rng(8)
+    d = 7
+    x = rng.standard_normal((5, d)) * 3
+    xerr = np.abs(rng.standard_normal((5, d))) * 1e-9
+    w, b = rng.standard_normal(d), rng.standard_normal(d)
+    z, zerr = rules.ln_points(x, xerr, w, b, 1e-5)
+    for i in range(5):
+        for shift in (-1, 0, 1):  # the corners of the error box (and the center)
+            xs = [arb(float(x[i, j])) + shift * arb(float(xerr[i, j])) * (1 if j % 2 else -1) for j in range(d)]
+            mean = sum(xs, arb(0)) / d
+            ys = [v - mean for v in xs]
+            sig = (sum((v * v for v in ys), arb(0)) / d + arb(1e-5)).sqrt()
+            for j in range(d):
+                exact = ys[j] / sig * arb(float(w[j])) + arb(float(b[j]))
+                assert abs(exact - arb(float(z[i, j]))).upper() <= arb(float(zerr[i, j]))
+
+
+# ------------------------------------------------------------------ activations and MLP
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_activation_relaxation_holds_on_dense_samples(act):
+    rng = np.random.default_rng(9)
+    lo = rng.standard_normal(300) * 3
+    width = np.abs(rng.standard_normal(300)) * 10.0 ** rng.uniform(-8, 1, 300)
+    width[:20] = 0.0
+    hi = lo + width
+    a, b, mu = rules.relax_activation(lo, hi, act)
+    t = np.concatenate([np.linspace(0, 1, 2001), [0.0, 1.0]])
+    P = lo[:, None] + width[:, None] * t[None, :]
+    P = np.concatenate([P, np.clip(np.zeros((300, 1)), lo[:, None], hi[:, None])], axis=1)
+    if act == "relu":
+        F = np.maximum(P, 0)
+    else:
+        from scipy.special import erf
+
+        F = 0.5 * P * (1 + erf(P / math.sqrt(2)))
+    gap = np.abs(F - a[:, None] * P - b[:, None])
+    assert np.all(gap <= mu[:, None] * (1 + 1e-9) + 1e-13)
+    # not absurd: for crossing ReLUs mu is the DeepZ half-width
+    if act == "relu":
+        cross = (lo < 0) & (hi > 0)
+        np.testing.assert_allclose(mu[cross], -a[cross] * lo[cross] / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_mlp_set_contains_samples(act):
+    rng = np.random.default_rng(10)
+    for _ in range(10):
+        d, m = int(rng.integers(3, 10)), int(rng.integers(3, 20))
+        S = random_set(rng, d, scale=rng.uniform(0.01, 1))
+        W_in, b_in = rng.standard_normal((d, m)), rng.standard_normal(m)
+        W_out, b_out = rng.standard_normal((m, d)), rng.standard_normal(d)
+        X = points(S, coefficients(S, 400, rng), rng)
+        P = X @ W_in + b_in
+        if act == "relu":
+            H = np.maximum(P, 0)
+        else:
+            from scipy.special import erf
+
+            H = 0.5 * P * (1 + erf(P / math.sqrt(2)))
+        assert_inside(rules.mlp_set(S, W_in, b_in, W_out, b_out, act), H @ W_out + b_out, rng, what=act)
+
+
+# ------------------------------------------------------------------ attention
+def softmax_avg(s, V):
+    w = np.exp(s - s.max())
+    return w @ V / w.sum()
+
+
+def test_anchor_average_with_perturbed_scores_and_values():
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        n, k = int(rng.integers(1, 30)), int(rng.integers(1, 6))
+        s = rng.standard_normal(n) * 3
+        srad = np.abs(rng.standard_normal(n)) * 10.0 ** rng.uniform(-12, -1)
+        V = rng.standard_normal((n, k))
+        Vbox = np.abs(rng.standard_normal((n, k))) * 1e-6
+        o, obox, m, wa_lo = rules.anchor_average(s, srad, V, Vbox)
+        for _ in range(50):
+            st = s + rng.uniform(-1, 1, n) * srad
+            Vt = V + rng.uniform(-1, 1, V.shape) * Vbox
+            ot = softmax_avg(st, Vt)
+            assert np.all(np.abs(ot - o) <= obox * (1 + 1e-9) + 1e-14)
+            assert np.exp(st - m).sum() >= wa_lo
+
+
+def test_head_output_set_and_lambda_max_contain_every_choice():
+    """Anchors with known scores, free positions with a few variants each: for random choices the true
+    head output lies in the set, and the true weight on free positions is at most lambda_max."""
+    rng = np.random.default_rng(12)
+    for _ in range(40):
+        n, k, d = int(rng.integers(1, 25)), int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        nfree, nvar = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        s = rng.standard_normal(n) * 2
+        V = rng.standard_normal((n, k))
+        fs = rng.standard_normal((nfree, nvar)) * 2 + rng.uniform(-3, 3)
+        fV = rng.standard_normal((nfree, nvar, k))
+        o, obox, m, wa_lo = rules.anchor_average(s, np.zeros(n), V, np.zeros((n, k)))
+        W_O = rng.standard_normal((k, d))
+        rest_hi = [fs[i] for i in range(nfree)]
+        S, lam = rules.head_output_set(o, obox, m, wa_lo, rest_hi, fV.reshape(-1, k), np.zeros((nfree * nvar, k)), W_O)
+        outs = []
+        for _ in range(300):
+            choice = rng.integers(0, nvar, nfree)
+            allS = np.concatenate([s, fs[np.arange(nfree), choice]])
+            allV = np.concatenate([V, fV[np.arange(nfree), choice]])
+            w = np.exp(allS - allS.max())
+            lam_true = w[n:].sum() / w.sum()
+            assert lam_true <= lam * (1 + 1e-12)
+            outs.append(softmax_avg(allS, allV) @ W_O)
+        assert_inside(S, np.array(outs), rng, what="head")
+
+
+def test_rotation_against_arb(high_precision):
+    rng = np.random.default_rng(13)
+    rd = 6
+    pos = np.array([0, 1, 7, 1000, 4095])
+    cos, sin, cerr = rules.rope_cos_sin(pos, rd, 10000.0)
+    x = rng.standard_normal((1, len(pos), 8))
+    out, obox = rules.rotate(x, np.zeros_like(x), cos, sin, cerr)
+    for pi, p in enumerate(pos):
+        for i in range(rd // 2):
+            ang = arb(int(p)) * arb(10000) ** (arb(-2 * i) / rd)
+            c, s_ = ang.cos(), ang.sin()
+            x1, x2 = arb(float(x[0, pi, i])), arb(float(x[0, pi, i + rd // 2]))
+            e1 = x1 * c - x2 * s_
+            e2 = x2 * c + x1 * s_
+            assert abs(e1 - arb(float(out[0, pi, i]))).upper() <= arb(float(obox[0, pi, i]))
+            assert abs(e2 - arb(float(out[0, pi, i + rd // 2]))).upper() <= arb(float(obox[0, pi, i + rd // 2]))
+        assert np.array_equal(out[0, pi, rd:], x[0, pi, rd:])
