@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import option_combinations
+from conftest import combo_id, option_combinations
 
 from assay.model import ActivationCache, ModelConfig, Transformer, get_act_name
 
@@ -201,10 +201,16 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_cache_is_consistent_with_the_forward_pass(option_combo, small_config, random_model):
+# Where the hooks sit depends on the wiring, not on the activation function or the attention mode
+# (test_model.py covers those against the formulas): one of each wiring, 48 combinations.
+WIRINGS = [c for c in option_combinations() if c["act_fn"] == "gelu" and c["attention"] == "softmax"]
+
+
+@pytest.mark.parametrize("wiring", WIRINGS, ids=combo_id)
+def test_cache_is_consistent_with_the_forward_pass(wiring, small_config, random_model):
     """Each recorded activation follows from the recorded activations before it by the block's formulas,
     and the last recorded residual stream reproduces the logits."""
-    cfg = small_config(**option_combo)
+    cfg = small_config(**wiring)
     model = random_model(cfg, seed=3)
     tokens = torch.tensor([[3, 5, 3, 3, 7, 5, 3, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
     logits, c = model.run_with_cache(tokens)

@@ -229,7 +229,7 @@ def test_one_dimensional_tokens_are_one_sequence(small_config, random_model):
 _COMBOS_CAUSAL = [c for c in option_combinations() if c["causal"]]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     combo=st.sampled_from(_COMBOS_CAUSAL),
     data=st.data(),
