@@ -15,6 +15,7 @@ This is a measurement, not a test: it never asserts anything about time.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     transformers.logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    )
     header = (
         f"{'model':<11} {'batch':>5} {'seq':>4} {'ours ms':>9} {'HF sdpa ms':>10} {'HF eager ms':>11} "
         f"{'ours/sdpa':>9} {'ours/eager':>10} {'max|dlogit|':>11}"
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{diff:>11.1e}",
                 flush=True,
             )
+    print(f"load average {os.getloadavg()[0]:.1f} at end (with other work on the CPUs, trust ratios over times)")
 
 
 if __name__ == "__main__":
