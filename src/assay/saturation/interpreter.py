@@ -118,7 +118,8 @@ class Interpreter:
         if self.mode not in ("saturated", "hard"):
             raise BadInput(
                 f"an exact run needs saturated or hard attention; this model has {self.mode!r} attention "
-                "(softmax has no exact rational semantics: pass attention='saturated' to take its c -> inf limit)"
+                "(softmax has no exact rational semantics; ask for its c -> infinity limit explicitly with "
+                "--attention saturated / attention='saturated')"
             )
         if precision is not None and (not isinstance(precision, int) or precision < 2):
             raise BadInput(f"precision must be an integer number of bits >= 2, got {precision!r}")
@@ -134,7 +135,7 @@ class Interpreter:
             if why:
                 raise BadInput(
                     "the exact interpreter needs rational operations; this model has " + ", ".join(why)
-                    + ": use a p-bit run (precision=P)"
+                    + ": only the p-bit mode (Interpreter(model, precision=P)) covers it"
                 )
         self.R: Callable[[Fraction], Fraction] | None = (
             None if precision is None else (lambda x, p=precision: round_to_bits(x, p))
