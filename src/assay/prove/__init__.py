@@ -8,5 +8,6 @@ See docs/prove.md for the claim, every bound and why it is sound.
 """
 
 from assay.prove.api import ProveResult, prove
+from assay.prove.check import CertificateError, check
 
-__all__ = ["ProveResult", "prove"]
+__all__ = ["CertificateError", "ProveResult", "check", "prove"]

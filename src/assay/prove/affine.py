@@ -45,6 +45,8 @@ from assay.prove.fp import (
 _ids = itertools.count()
 # Blocks whose vertex matrix times map costs at most this many multiply-adds get exact coordinate bounds.
 EXACT_COORD_LIMIT = 4_000_000
+# A set with no terms and a box below this (relative) size is attended to as an exactly known position.
+EXACT_REL = 1e-9
 
 
 def new_id() -> int:
@@ -146,6 +148,11 @@ class AffineSet:
 
     def is_point(self) -> bool:
         return not self.terms
+
+    def is_exact(self) -> bool:
+        """No terms and a box of rounding size (<= EXACT_REL * (1 + max|center|)): a point known up to rounding."""
+        scale = 1.0 + float(np.abs(self.center).max())
+        return not self.terms and float(self.box.max(initial=0.0)) <= EXACT_REL * scale
 
     # ---------------------------------------------------------------- linear operations
     def _map(self, apply, err, box_map) -> AffineSet:

@@ -26,7 +26,7 @@ FORMAT = "assay-overwhelm-certificate/1"
 METHOD = "affine-lambda/1"
 # Numbers written into a certificate are loosened by this much so that the checker, which recomputes
 # them in ball arithmetic, finds them valid; it also rejects any number further than CHECK_TOL away.
-REL_SLACK = 1e-9
+REL_SLACK = 1e-7
 
 
 @dataclass

@@ -182,7 +182,7 @@ class Engine:
 
     def _kv_of_sets(self, layer: int, sets: list[AffineSet], position: int) -> PosKV:
         """Keys and values of a non-anchor position given its possible input sets (one per variant)."""
-        if all(s.is_point() for s in sets):
+        if all(s.is_exact() for s in sets):
             x = np.stack([s.center for s in sets])
             xerr = np.stack([s.box for s in sets])
             kv = self._qkv_rows(layer, x, xerr, np.full(len(sets), position), which=("K", "V"))
@@ -210,7 +210,7 @@ class Engine:
                 sets = []
                 for v, X in enumerate(prev):
                     self_kv = PosKV(own.K[:, v : v + 1], own.Kbox[:, v : v + 1], own.V[:, v : v + 1],
-                                    own.Vbox[:, v : v + 1], exact=X.is_point())
+                                    own.Vbox[:, v : v + 1], exact=X.is_exact())
                     out, _ = self._layer_set(layer - 1, X, pos, others + [self_kv], final=False)
                     sets.append(out)
             self._free_sets[key] = sets
@@ -260,7 +260,7 @@ class Engine:
                    n_anchor: int | None = None):
         """Set of the residual after `layer` at a non-anchor position with input set X."""
         lw = self.W.layers[layer]
-        if X.is_point():
+        if X.is_exact():
             qkv = self._qkv_rows(layer, X.center[None, :], X.box[None, :], np.array([position]), which=("Q",))
             q, qbox = qkv["Q"][0][:, 0, :], qkv["Q"][1][:, 0, :]
         else:

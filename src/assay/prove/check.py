@@ -1,0 +1,1016 @@
+"""Independent checker of overwhelm certificates, in arb ball arithmetic (python-flint).
+
+This module imports nothing from the prover (``assay.prove.*``): it reads the weights from the model,
+re-derives every bound of the certificate's method from them in rigorous ball arithmetic, and
+compares with the evidence. Arb balls are sound by construction (every operation returns a ball that
+contains the exact result), so no rounding analysis is needed here; the prover's floating-point
+error terms are not trusted, they are simply not used.
+
+What is checked (any failure raises :class:`CertificateError` with the reason):
+
+1. the JSON is complete and well formed, and its ``digest`` matches its content (integrity);
+2. the model is the one the certificate names: the float64 state-dict hash, the file hash when the
+   model came from a file, and the config;
+3. the claim is well formed (token ids in range, lengths within n_ctx) and the evidence lists exactly
+   the cases of the claim: every length 0..n_free, and every last token when the suffix is empty;
+4. for every case, the bound recomputed here (with the refined competitors named in the evidence)
+   is positive for every competitor, the claimed case margin is at most the recomputed one and no more
+   than TOL below it, and the claimed lambda_max values are at least the recomputed ones and no more than
+   TOL above them; the top-level margin is the least case margin.
+
+The bound (the same recipe as the prover, docs/prove.md): exact anchors (the prefix), per-head
+convex-hull attention sets with lambda_max, first-order LayerNorm with a second-order remainder, DeepZ
+relaxation of the MLP, and at the end the better of the Taylor and quotient bounds of the final
+LayerNorm against the unembedding difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flint import arb, arb_mat
+
+FORMAT = "assay-overwhelm-certificate/1"
+METHOD = "affine-lambda/1"
+TOL = 1e-5  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
+EXACT_COORD_LIMIT = 4_000_000
+EXACT_REL = 1e-9
+LN_REMAINDER = arb(0.6)
+GELU_D2_MAX = arb(0.8)
+GELU_GRID = 17
+SPEC_SQUARINGS = 4
+REQUIRED = ("format", "model_sha256", "model_sha256_source", "weights_state_sha256", "model_config", "prefix",
+            "suffix", "n_free", "allowed", "token", "margin", "method", "cases", "proven", "digest")
+
+ZERO = arb(0)
+ONE = arb(1)
+
+
+class CertificateError(ValueError):
+    """A certificate was rejected; the message says why."""
+
+
+# =========================================================================================== helpers
+def _f(x: float) -> arb:
+    return arb(float(x))
+
+
+def _up(x: arb) -> arb:
+    """Exact upper endpoint."""
+    return x.upper()
+
+
+def _lo(x: arb) -> arb:
+    return x.lower()
+
+
+def _float_up(x: arb) -> float:
+    u = x.upper()
+    f = float(u)
+    if not arb(f) >= u:
+        f = math.nextafter(f, math.inf)
+    return f
+
+
+def _float_lo(x: arb) -> float:
+    u = x.lower()
+    f = float(u)
+    if not arb(f) <= u:
+        f = math.nextafter(f, -math.inf)
+    return f
+
+
+def _mid(x: arb) -> float:
+    return float(x.mid())
+
+
+def _emax(xs) -> arb:
+    """Max of exact arbs."""
+    out = None
+    for x in xs:
+        if out is None or x > out:
+            out = x
+    return out
+
+
+def _emin(xs) -> arb:
+    out = None
+    for x in xs:
+        if out is None or x < out:
+            out = x
+    return out
+
+
+def _mat(a: np.ndarray) -> arb_mat:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None, :]
+    return arb_mat(a.tolist())
+
+
+def _row(v: list[arb]) -> arb_mat:
+    return arb_mat([list(v)])
+
+
+def _vec(M: arb_mat) -> list[arb]:
+    return M.entries()
+
+
+def _sqrt_up(x: arb) -> arb:
+    x = _up(x)
+    return ZERO if x <= 0 else _up(x.sqrt())
+
+
+def _norm_up(v) -> arb:
+    return _sqrt_up(sum((x * x for x in v), ZERO))
+
+
+def _diag(v: list) -> arb_mat:
+    d = len(v)
+    return arb_mat([[v[i] if i == j else ZERO for j in range(d)] for i in range(d)])
+
+
+def _absmat(M: arb_mat) -> arb_mat:
+    return arb_mat([[abs(x) for x in r] for r in M.tolist()])
+
+
+def _col_norms_up(M: arb_mat) -> list[arb]:
+    rows = M.tolist()
+    return [_sqrt_up(sum((r[j] * r[j] for r in rows), ZERO)) for j in range(M.ncols())]
+
+
+def _col_scale(M: arb_mat, a: list[arb]) -> arb_mat:
+    return arb_mat([[x * y for x, y in zip(r, a, strict=True)] for r in M.tolist()])
+
+
+def spectral_upper(M: arb_mat) -> arb:
+    """Upper bound of the spectral norm: lambda_max(G)^(2^s) <= ||G^(2^s)||_inf, G = M M^T."""
+    k, d = M.nrows(), M.ncols()
+    if k == 0 or d == 0:
+        return ZERO
+    G = M * M.transpose() if k <= d else M.transpose() * M
+    for _ in range(SPEC_SQUARINGS):
+        G = G * G
+    gn = _emax(_up(sum((abs(x) for x in r), ZERO)) for r in G.tolist())
+    if gn <= 0:
+        return ZERO
+    return _up(gn ** (ONE / (2 ** (SPEC_SQUARINGS + 1))))
+
+
+# =========================================================================================== sets
+_ids = itertools.count()
+
+
+@dataclass
+class CTerm:
+    id: int
+    kind: str  # block, zono, ell
+    M: arb_mat
+    V: arb_mat | None = None
+    vnorm: arb = ZERO
+    vlo: list = field(default_factory=list)
+    vhi: list = field(default_factory=list)
+    _l2: arb | None = None
+
+    def with_M(self, M: arb_mat) -> CTerm:
+        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi)
+
+    def l2_sup(self) -> arb:
+        if self._l2 is None:
+            if self.kind == "block":
+                self._l2 = _up(self.vnorm * spectral_upper(self.M))
+            elif self.kind == "zono":
+                self._l2 = _up(sum((_norm_up(r) for r in self.M.tolist()), ZERO))
+            else:
+                self._l2 = spectral_upper(self.M)
+        return self._l2
+
+    def coord_dev(self) -> tuple[list[arb], list[arb]]:
+        M = self.M
+        k, d = M.nrows(), M.ncols()
+        if self.kind == "block":
+            cn = _col_norms_up(M)
+            l2 = [_up(self.vnorm * c) for c in cn]
+            rows = M.tolist()
+            bhi, blo = [], []
+            for j in range(d):
+                sh, sl = ZERO, ZERO
+                for e in range(k):
+                    a, b = self.vlo[e] * rows[e][j], self.vhi[e] * rows[e][j]
+                    sh += _emax([_up(a), _up(b)])
+                    sl += _emin([_lo(a), _lo(b)])
+                bhi.append(_up(sh))
+                blo.append(_lo(sl))
+            hi = [_emin([x, y]) for x, y in zip(l2, bhi, strict=True)]
+            lo = [_emax([-x, y]) for x, y in zip(l2, blo, strict=True)]
+            if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
+                VM = (self.V * M).tolist()
+                ehi = [_emax(_up(r[j]) for r in VM) for j in range(d)]
+                elo = [_emin(_lo(r[j]) for r in VM) for j in range(d)]
+                hi = [_emin([x, y]) for x, y in zip(hi, ehi, strict=True)]
+                lo = [_emax([x, y]) for x, y in zip(lo, elo, strict=True)]
+            return lo, hi
+        if self.kind == "zono":
+            rows = M.tolist()
+            s = [_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(d)]
+            return [-x for x in s], s
+        s = _col_norms_up(M)
+        return [-x for x in s], s
+
+    def support(self, A: arb_mat) -> tuple[list[arb], list[arb]]:
+        """Exact min and max of coef @ M @ A[:, k] over the term (as ball endpoints)."""
+        B = self.M * A
+        if self.kind == "block":
+            VB = (self.V * B).tolist()
+            K = A.ncols()
+            return [_emin(_lo(r[j]) for r in VB) for j in range(K)], [_emax(_up(r[j]) for r in VB) for j in range(K)]
+        if self.kind == "zono":
+            rows = B.tolist()
+            s = [_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(B.ncols())]
+        else:
+            s = _col_norms_up(B)
+        return [-x for x in s], s
+
+
+def make_block(V: arb_mat, M: arb_mat) -> CTerm:
+    rows = V.tolist()
+    k = V.ncols()
+    vnorm = _emax(_norm_up(r) for r in rows)
+    vlo = [_emin(_lo(r[e]) for r in rows) for e in range(k)]
+    vhi = [_emax(_up(r[e]) for r in rows) for e in range(k)]
+    return CTerm(next(_ids), "block", M, V, vnorm, vlo, vhi)
+
+
+_centering: dict[int, arb_mat] = {}
+
+
+def _C(d: int) -> arb_mat:
+    if d not in _centering:
+        inv = ONE / d
+        _centering[d] = arb_mat([[(ONE if i == j else ZERO) - inv for j in range(d)] for i in range(d)])
+    return _centering[d]
+
+
+@dataclass
+class CSet:
+    """center (arb balls) + terms + box (exact upper bounds); r_cap bounds |x - c| for the exact c in the
+    center ball."""
+
+    center: list
+    box: list
+    terms: list
+    r_cap: arb | None = None
+
+    @property
+    def d(self) -> int:
+        return len(self.center)
+
+    @staticmethod
+    def point(center: list, box: list | None = None) -> CSet:
+        return CSet(list(center), list(box) if box is not None else [ZERO] * len(center), [])
+
+    def is_exact(self) -> bool:
+        if self.terms:
+            return False
+        size = _emax([_up(b + x.rad()) for b, x in zip(self.box, self.center, strict=True)] + [ZERO])
+        scale = _emax([_up(abs(x)) for x in self.center] + [ZERO])
+        return bool(size <= _f(EXACT_REL) * (ONE + scale))
+
+    def affine(self, W: arb_mat, absW: arb_mat, bias: list | None = None) -> CSet:
+        c = _vec(_row(self.center) * W)
+        if bias is not None:
+            c = [x + y for x, y in zip(c, bias, strict=True)]
+        box = [_up(x) for x in _vec(_row(self.box) * absW)]
+        return CSet(c, box, [t.with_M(t.M * W) for t in self.terms])
+
+    def scale(self, a: list) -> CSet:
+        c = [x * y for x, y in zip(self.center, a, strict=True)]
+        box = [_up(b * abs(y)) for b, y in zip(self.box, a, strict=True)]
+        return CSet(c, box, [t.with_M(_col_scale(t.M, a)) for t in self.terms])
+
+    def shift(self, v: list, vbox: list | None = None) -> CSet:
+        c = [x + y for x, y in zip(self.center, v, strict=True)]
+        box = self.box if vbox is None else [_up(x + y) for x, y in zip(self.box, vbox, strict=True)]
+        return CSet(c, list(box), list(self.terms))
+
+    def center_coords(self) -> CSet:
+        C = _C(self.d)
+        c = _vec(_row(self.center) * C)
+        mb = sum(self.box, ZERO) / self.d
+        box = [_up(b + mb) for b in self.box]
+        out = CSet(c, box, [t.with_M(t.M * C) for t in self.terms])
+        out.r_cap = self.r_cap  # C is an orthogonal projection
+        return out
+
+    def add(self, other: CSet) -> CSet:
+        c = [x + y for x, y in zip(self.center, other.center, strict=True)]
+        box = [_up(x + y) for x, y in zip(self.box, other.box, strict=True)]
+        terms = {t.id: t for t in self.terms}
+        order = [t.id for t in self.terms]
+        for t in other.terms:
+            if t.id in terms:
+                terms[t.id] = t.with_M(terms[t.id].M + t.M)
+            else:
+                terms[t.id] = t
+                order.append(t.id)
+        return CSet(c, box, [terms[i] for i in order])
+
+    def coord_bounds(self) -> tuple[list, list]:
+        lo = [_lo(x) - b for x, b in zip(self.center, self.box, strict=True)]
+        hi = [_up(x) + b for x, b in zip(self.center, self.box, strict=True)]
+        for t in self.terms:
+            a, b = t.coord_dev()
+            lo = [x + y for x, y in zip(lo, a, strict=True)]
+            hi = [x + y for x, y in zip(hi, b, strict=True)]
+        lo = [_lo(x) for x in lo]
+        hi = [_up(x) for x in hi]
+        if self.r_cap is not None:
+            lo = [_emax([x, _lo(c - self.r_cap)]) for x, c in zip(lo, self.center, strict=True)]
+            hi = [_emin([x, _up(c + self.r_cap)]) for x, c in zip(hi, self.center, strict=True)]
+        return lo, hi
+
+    def l2_radius(self, about: list | None = None) -> arb:
+        off = ZERO if about is None else _norm_up([x - y for x, y in zip(self.center, about, strict=True)])
+        if about is None:
+            off = _norm_up([x.rad() for x in self.center])
+        inner = _up(sum((t.l2_sup() for t in self.terms), ZERO) + _norm_up(self.box))
+        if self.r_cap is not None:
+            inner = _emin([inner, self.r_cap])
+        return _up(off + inner)
+
+    def functional_lower(self, A: arb_mat, absA: arb_mat, exact: list[int] | None = None) -> list[arb]:
+        """Lower bounds of x . A[:, k] over the set (the cheap bound, and the exact support for `exact`)."""
+        cval = _vec(_row(self.center) * A)
+        boxdev = _vec(_row(self.box) * absA)
+        an = _col_norms_up(A)
+        l2 = sum((t.l2_sup() for t in self.terms), ZERO)
+        lo = [_lo(c - b - l2 * n) for c, b, n in zip(cval, boxdev, an, strict=True)]
+        if exact:
+            cols = arb_mat([[A[i, k] for k in exact] for i in range(A.nrows())])
+            elo = [cval[k] - boxdev[k] for k in exact]
+            for t in self.terms:
+                a, _ = t.support(cols)
+                elo = [x + y for x, y in zip(elo, a, strict=True)]
+            for i, k in enumerate(exact):
+                lo[k] = _emax([lo[k], _lo(elo[i])])
+        return lo
+
+    def collapse(self) -> CSet:
+        lo, hi = self.coord_bounds()
+        mid = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(lo, hi, strict=True)]
+        box = [_up(_emax([_up(h - m), _up(m - low)])) for low, h, m in zip(lo, hi, mid, strict=True)]
+        r = self.l2_radius(mid)
+        out = CSet(mid, box, [])
+        out.r_cap = _emin([r, _norm_up(box)])
+        return out
+
+
+# =========================================================================================== rules
+def ln_rows(X: list[list], w: list | None, b: list | None, eps: arb) -> list[list]:
+    if w is None:
+        return X
+    out = []
+    for x in X:
+        d = len(x)
+        mean = sum(x, ZERO) / d
+        y = [v - mean for v in x]
+        sig = (sum((v * v for v in y), ZERO) / d + eps).sqrt()
+        out.append([v / sig * wi + bi for v, wi, bi in zip(y, w, b, strict=True)])
+    return out
+
+
+def norm_lower_bound(Y: CSet, lo: list, hi: list, ys: list) -> arb:
+    d = Y.d
+    dist = [_emax([lo[j], -hi[j], ZERO]) for j in range(d)]
+    box_lb = _lo(sum((x * x for x in dist), ZERO).sqrt()) if any(x > 0 for x in dist) else ZERO
+    nrm = math.sqrt(sum(_mid(v) ** 2 for v in ys))
+    dir_lb = ZERO
+    if nrm > 0:
+        n = [_f(_mid(v) / nrm) for v in ys]
+        A = arb_mat([[x] for x in n])
+        lo_n = Y.functional_lower(A, _absmat(A), exact=[0])[0]
+        at_ys = _lo(sum((x * y for x, y in zip(n, ys, strict=True)), ZERO))
+        m = _emin([lo_n, at_ys])
+        if m > 0:
+            dir_lb = _lo(m / _norm_up(n))
+    return _emax([box_lb, dir_lb])
+
+
+def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
+    if w is None:
+        return X
+    d = X.d
+    Y = X.center_coords()
+    lo, hi = Y.coord_bounds()
+    ys = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
+    hw = [_emax([_up(h - m), _up(m - low)]) for low, h, m in zip(lo, hi, ys, strict=True)]
+    r = _emin([_norm_up(hw), Y.l2_radius(ys)])
+    sig = (sum((v * v for v in ys), ZERO) / d + eps).sqrt()
+    sqd = arb(d).sqrt()
+    nlb = norm_lower_bound(Y, lo, hi, ys)
+    sig_min = _emax([_lo(eps.sqrt()), _lo(sig - r / sqd), _lo((nlb * nlb / d + eps).sqrt())])
+    g = [v / sig for v in ys]
+    rho = _up(LN_REMAINDER * r * r / (sqd * sig_min * sig_min))
+    lip = _up(r / sig_min)
+    if rho >= lip:
+        gn = _norm_up(g)
+        if lip >= _lo(gn + sqd):
+            out = CSet.point([ZERO] * d)
+            rad = _up(sqd)
+        else:
+            out = CSet.point(g)
+            rad = lip
+        out.terms.append(CTerm(next(_ids), "ell", _diag([rad] * d)))
+    else:
+        s2 = sig * sig
+        J = arb_mat([[((ONE if i == j else ZERO) - ys[i] * ys[j] / (d * s2)) / sig for j in range(d)]
+                     for i in range(d)])
+        absJ = _absmat(J)
+        out = Y.shift([-v for v in ys]).affine(J, absJ).shift(g)
+        out.terms.append(CTerm(next(_ids), "ell", _diag([rho] * d)))
+    return out.scale(w).shift(b)
+
+
+def sigma_range(Y: CSet, eps: arb) -> tuple[arb, arb]:
+    d = Y.d
+    lo, hi = Y.coord_bounds()
+    ys = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
+    nlb = norm_lower_bound(Y, lo, hi, ys)
+    big = [_emax([abs(a), abs(c)]) for a, c in zip(lo, hi, strict=True)]
+    nub = _emin([_norm_up(big), _up(_norm_up(ys) + Y.l2_radius(ys))])
+    return _lo((nlb * nlb / d + eps).sqrt()), _up((nub * nub / d + eps).sqrt())
+
+
+def relu(x: arb) -> arb:
+    if x >= 0:
+        return x
+    if x <= 0:
+        return ZERO
+    return ZERO.union(_up(x))
+
+
+def gelu(p: arb) -> arb:
+    return p * (ONE + (p / arb(2).sqrt()).erf()) / 2
+
+
+def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
+    """(a, b, mu) exact arbs with |act(p) - a p - b| <= mu on [lo, hi]."""
+    if act == "relu":
+        if lo >= 0:
+            a = ONE
+        elif hi <= 0:
+            a = ZERO
+        else:
+            a = _f(_mid(hi / (hi - lo)))
+        # relu(p) - a p is piecewise linear with its kink at 0: extremes at lo, hi and (if inside) 0.
+        pts = [lo, hi] + ([ZERO] if (lo < 0 and hi > 0) else [])
+        vals = [(p if p >= 0 else ZERO) - a * p for p in pts]
+        hmax = _emax(_up(v) for v in vals)
+        hmin = _emin(_lo(v) for v in vals)
+    else:
+        width = hi - lo
+        wide = _mid(width) > 1e-9 * (1.0 + abs(_mid(lo)) + abs(_mid(hi)))
+        if wide:
+            a = _f(_mid((gelu(hi) - gelu(lo)) / width))
+        else:
+            m = (lo + hi) / 2
+            a = _f(_mid((ONE + (m / arb(2).sqrt()).erf()) / 2 + m * (-(m * m) / 2).exp() / (2 * arb.pi()).sqrt()))
+        ts = [arb(i) / (GELU_GRID - 1) for i in range(GELU_GRID)]
+        P = [lo] + [_f(_mid(lo + width * t)) for t in ts[1:-1]] + [hi]
+        P = [_emin([_emax([p, lo]), hi]) for p in P]
+        H = [gelu(p) - a * p for p in P]
+        hmax, hmin = None, None
+        for i in range(GELU_GRID - 1):
+            step = abs(P[i + 1] - P[i])
+            curv = GELU_D2_MAX * step * step / 8
+            top = _up(_emax([_up(H[i]), _up(H[i + 1])]) + curv)
+            bot = _lo(_emin([_lo(H[i]), _lo(H[i + 1])]) - curv)
+            hmax = top if hmax is None else _emax([hmax, top])
+            hmin = bot if hmin is None else _emin([hmin, bot])
+    bb = _f(_mid((hmax + hmin) / 2))
+    mu = _emax([_up(hmax - bb), _up(bb - hmin)])
+    return a, bb, mu
+
+
+def mlp_set(X: CSet, lw: dict, act: str) -> CSet:
+    P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
+    lo, hi = P.coord_bounds()
+    rel = [relax(a, c, act) for a, c in zip(lo, hi, strict=True)]
+    H = P.scale([r[0] for r in rel]).shift([r[1] for r in rel])
+    out = H.affine(lw["W_out"], lw["|W_out|"], lw["b_out"])
+    rows = [i for i, r in enumerate(rel) if r[2] > 0]
+    if rows:
+        Wt = lw["W_out"].tolist()
+        Z = arb_mat([[rel[i][2] * x for x in Wt[i]] for i in rows])
+        out.terms.append(CTerm(next(_ids), "zono", Z))
+    return out
+
+
+def rope(positions: list[int], rotary_dim: int, base: float) -> list[tuple[list, list]]:
+    out = []
+    inv = [arb(base) ** (-arb(2 * i) / rotary_dim) for i in range(rotary_dim // 2)]
+    for p in positions:
+        ang = [arb(int(p)) * f for f in inv]
+        out.append(([a.cos() for a in ang], [a.sin() for a in ang]))
+    return out
+
+
+def rotate(v: list, cos: list, sin: list) -> list:
+    half = len(cos)
+    x1, x2 = v[:half], v[half : 2 * half]
+    return ([a * c - b * s for a, b, c, s in zip(x1, x2, cos, sin, strict=True)]
+            + [b * c + a * s for a, b, c, s in zip(x1, x2, cos, sin, strict=True)] + list(v[2 * half :]))
+
+
+def boxball(mid: float, rad: arb) -> arb:
+    """The ball [mid - rad, mid + rad]."""
+    return _f(mid) + arb(0, _float_up(rad))
+
+
+# =========================================================================================== engine
+@dataclass
+class KV:
+    """Keys (rotated, [h][nvar] lists of arb) and values of a non-anchor position at one layer."""
+
+    K: list
+    V: list
+    exact: bool
+    share: Any = None  # identity of a value list shared with other positions (same rows)
+
+
+class Checker:
+    """Re-derives the prover's bounds for one claim, in arb."""
+
+    def __init__(self, model, prefix, suffix, allowed, options: dict):
+        cfg = model.cfg
+        self.cfg = cfg
+        self.h, self.k = cfg.n_heads, cfg.d_head
+        self.scale = ONE / arb(cfg.d_head).sqrt()
+        self.rope = cfg.positional_embedding_type == "rotary"
+        self.act = cfg.act_fn
+        self.eps = _f(cfg.eps)
+        self.prefix = list(prefix)
+        self.suffix = list(suffix)
+        self.allowed = list(allowed)
+        self.n_fix = len(prefix)
+        self._read(model)
+        self._free_sets: dict = {}
+        self._free_kv: dict = {}
+        self._prefix()
+
+    def _read(self, model) -> None:
+        def np64(t):
+            return t.detach().cpu().double().numpy()
+
+        cfg = self.cfg
+        ln = cfg.normalization_type == "LN"
+        self.W_E = np64(model.embed.W_E)
+        self.W_pos = np64(model.pos_embed.W_pos) if cfg.positional_embedding_type == "standard" else None
+        self.layers = []
+        for blk in model.blocks:
+            a = blk.attn
+            lw = {"ln1": ([_f(x) for x in np64(blk.ln1.w)], [_f(x) for x in np64(blk.ln1.b)]) if ln else (None, None)}
+            for n in ("Q", "K", "V"):
+                lw[f"W_{n}"] = [_mat(w) for w in np64(getattr(a, f"W_{n}"))]
+                lw[f"b_{n}"] = [[_f(x) for x in b] for b in np64(getattr(a, f"b_{n}"))]
+            lw["W_O"] = [_mat(w) for w in np64(a.W_O)]
+            lw["|W_O|"] = [_mat(np.abs(w)) for w in np64(a.W_O)]
+            lw["b_O"] = [_f(x) for x in np64(a.b_O)]
+            if not cfg.attn_only:
+                lw["ln2"] = ([_f(x) for x in np64(blk.ln2.w)], [_f(x) for x in np64(blk.ln2.b)]) if ln else (None, None)
+                for n in ("W_in", "W_out"):
+                    w = np64(getattr(blk.mlp, n))
+                    lw[n], lw[f"|{n}|"] = _mat(w), _mat(np.abs(w))
+                lw["b_in"] = [_f(x) for x in np64(blk.mlp.b_in)]
+                lw["b_out"] = [_f(x) for x in np64(blk.mlp.b_out)]
+            self.layers.append(lw)
+        self.lnf = ([_f(x) for x in np64(model.ln_final.w)], [_f(x) for x in np64(model.ln_final.b)]) if ln else None
+        self.W_U = np64(model.unembed.W_U)
+        self.b_U = np64(model.unembed.b_U)
+
+    # ------------------------------------------------------------------ rows
+    def _embed(self, tok: int, pos: int) -> list:
+        x = [_f(v) for v in self.W_E[tok]]
+        if self.W_pos is not None:
+            x = [a + _f(v) for a, v in zip(x, self.W_pos[pos], strict=True)]
+        return x
+
+    def _proj_rows(self, layer: int, X: list[list], positions: list[int], name: str) -> list:
+        """[h][n] lists: projection of exact rows (after LN1); Q and K rotated."""
+        lw = self.layers[layer]
+        Xn = ln_rows(X, *lw["ln1"], self.eps)
+        M = arb_mat(Xn)
+        rot = rope(positions, self.cfg.rotary_dim, self.cfg.rotary_base) if (self.rope and name != "V") else None
+        out = []
+        for h in range(self.h):
+            P = (M * lw[f"W_{name}"][h]).tolist()
+            P = [[x + b for x, b in zip(r, lw[f"b_{name}"][h], strict=True)] for r in P]
+            if rot is not None:
+                P = [rotate(r, *rot[i]) for i, r in enumerate(P)]
+            out.append(P)
+        return out
+
+    def _prefix(self) -> None:
+        n = self.n_fix
+        X = [self._embed(t, i) for i, t in enumerate(self.prefix)]
+        self.anchor_resid, self.anchor_kv = [], []
+        nl = self.cfg.n_layers
+        for layer in range(nl):
+            self.anchor_resid.append(X)
+            kv = {nm: self._proj_rows(layer, X, list(range(n)), nm) for nm in ("Q", "K", "V")}
+            self.anchor_kv.append(kv)
+            if layer == nl - 1:
+                break
+            lw = self.layers[layer]
+            att = arb_mat(n, self.cfg.d_model)
+            for h in range(self.h):
+                S = (arb_mat(kv["Q"][h]) * arb_mat(kv["K"][h]).transpose() * self.scale).tolist()
+                P = []
+                for i in range(n):
+                    m = _f(max(_mid(S[i][j]) for j in range(i + 1)))
+                    w = [(S[i][j] - m).exp() if j <= i else ZERO for j in range(n)]
+                    tot = sum(w, ZERO)
+                    P.append([x / tot for x in w])
+                att = att + arb_mat(P) * arb_mat(kv["V"][h]) * lw["W_O"][h]
+            att = [[x + b for x, b in zip(r, lw["b_O"], strict=True)] for r in att.tolist()]
+            mid = [[a + b for a, b in zip(r1, r2, strict=True)] for r1, r2 in zip(X, att, strict=True)]
+            if self.cfg.attn_only:
+                X = mid
+                continue
+            src = X if self.cfg.parallel_attn_mlp else mid
+            Xn = ln_rows(src, *lw["ln2"], self.eps)
+            Pm = (arb_mat(Xn) * lw["W_in"]).tolist()
+            Pm = [[x + b for x, b in zip(r, lw["b_in"], strict=True)] for r in Pm]
+            Am = [[relu(x) if self.act == "relu" else gelu(x) for x in r] for r in Pm]
+            Om = (arb_mat(Am) * lw["W_out"]).tolist()
+            X = [[a + o + b for a, o, b in zip(r1, r2, lw["b_out"], strict=True)]
+                 for r1, r2 in zip(mid, Om, strict=True)]
+
+    # ------------------------------------------------------------------ sets
+    def _proj_sets(self, layer: int, X: CSet, position: int, names) -> dict:
+        lw = self.layers[layer]
+        Xn = ln_set(X, *lw["ln1"], self.eps)
+        out = {}
+        rot = rope([position], self.cfg.rotary_dim, self.cfg.rotary_base)[0] if self.rope else None
+        for name in names:
+            per_head = []
+            for h in range(self.h):
+                W = lw[f"W_{name}"][h]
+                lo, hi = Xn.affine(W, _absmat(W), lw[f"b_{name}"][h]).coord_bounds()
+                mid = [0.5 * (_mid(a) + _mid(c)) for a, c in zip(lo, hi, strict=True)]
+                box = [_emax([_up(c - _f(m)), _up(_f(m) - a)]) for a, c, m in zip(lo, hi, mid, strict=True)]
+                v = [boxball(m, b) for m, b in zip(mid, box, strict=True)]
+                if rot is not None and name != "V":
+                    v = rotate(v, *rot)
+                per_head.append([v])
+            out[name] = per_head
+        return out
+
+    def _kv_of_sets(self, layer: int, sets: list[CSet], position: int) -> KV:
+        if all(s.is_exact() for s in sets):
+            X = [[c + arb(0, _float_up(b)) for c, b in zip(s.center, s.box, strict=True)] for s in sets]
+            pos = [position] * len(sets)
+            return KV(self._proj_rows(layer, X, pos, "K"), self._proj_rows(layer, X, pos, "V"), exact=len(sets) == 1)
+        parts = [self._proj_sets(layer, s, position, ("K", "V")) for s in sets]
+        K = [[p["K"][h][0] for p in parts] for h in range(self.h)]
+        V = [[p["V"][h][0] for p in parts] for h in range(self.h)]
+        return KV(K, V, exact=False)
+
+    def free_sets(self, i: int, layer: int) -> list[CSet]:
+        key = (i, layer)
+        if key not in self._free_sets:
+            pos = self.n_fix + i
+            if layer == 0:
+                sets = [CSet.point(self._embed(t, pos)) for t in self.allowed]
+            else:
+                prev = self.free_sets(i, layer - 1)
+                others = [self.free_kv(j, layer - 1) for j in range(i)]
+                own = self.free_kv(i, layer - 1)
+                sets = []
+                for v, X in enumerate(prev):
+                    mine = KV([[own.K[h][v]] for h in range(self.h)], [[own.V[h][v]] for h in range(self.h)],
+                              exact=X.is_exact())
+                    out, _ = self._layer_set(layer - 1, X, pos, others + [mine], final=False)
+                    sets.append(out)
+            self._free_sets[key] = sets
+        return self._free_sets[key]
+
+    def free_kv(self, i: int, layer: int) -> KV:
+        key = (i, layer)
+        if key not in self._free_kv:
+            if layer == 0 and len(self.allowed) > 1:
+                kv = self._free_kv0(i)
+            else:
+                kv = self._kv_of_sets(layer, self.free_sets(i, layer), self.n_fix + i)
+                if len(self.allowed) > 1:
+                    kv.exact = False
+            self._free_kv[key] = kv
+        return self._free_kv[key]
+
+    def _free_kv0(self, i: int) -> KV:
+        """Layer-0 keys and values of free position i over all allowed tokens (exact rows)."""
+        X = [self._embed(t, self.n_fix + i) for t in self.allowed]
+        pos = [self.n_fix + i] * len(X)
+        V = self._value_rows0(i, X, pos)
+        return KV(self._proj_rows(0, X, pos, "K"), V, exact=False, share=("v0", None) if self.W_pos is None else None)
+
+    def _value_rows0(self, i, X, pos):
+        if self.W_pos is None:
+            if not hasattr(self, "_v0"):
+                self._v0 = self._proj_rows(0, X, pos, "V")
+            return self._v0
+        return self._proj_rows(0, X, pos, "V")
+
+    # ------------------------------------------------------------------ attention and layers
+    def _attention(self, layer: int, q: list, position: int, others: list[KV], n_anchor: int):
+        lw = self.layers[layer]
+        kvA = self.anchor_kv[layer]
+        exact = [o for o in others if o.exact]
+        rest = [o for o in others if not o.exact]
+        total, lams = None, []
+        for h in range(self.h):
+            KA = kvA["K"][h][:n_anchor] + [r for o in exact for r in o.K[h]]
+            VA = kvA["V"][h][:n_anchor] + [r for o in exact for r in o.V[h]]
+            qr = _row(q[h]).transpose()
+            s = [x * self.scale for x in _vec(arb_mat(KA) * qr)]
+            m = _f(max(_mid(x) for x in s))
+            w = [(_f(_mid(x)) - m).exp() for x in s]
+            tot = sum(w, ZERO)
+            p = [x / tot for x in w]
+            o = _vec(_row(p) * arb_mat(VA))
+            z = [_f(_mid(x)) for x in o]
+            rbar = _emax([_up(x.rad()) for x in s])
+            tau = _up((2 * rbar).exp() - 1)
+            dev = [_up(sum((pj * abs(vj[e] - z[e]) for pj, vj in zip(p, VA, strict=True)), ZERO))
+                   for e in range(self.k)]
+            obox = [_up(abs(oe - ze) + tau * de) for oe, ze, de in zip(o, z, dev, strict=True)]
+            wa_lo = _lo(sum(((_lo(x) - m).exp() for x in s), ZERO))
+            if rest:
+                wr = ZERO
+                rows, seen = [], set()
+                for r in rest:
+                    sr = [x * self.scale for x in _vec(arb_mat(r.K[h]) * qr)]
+                    wr += _emax([_up((_up(x) - m).exp()) for x in sr])
+                    key = id(r.V) if r.share is None else r.share
+                    if key not in seen:
+                        seen.add(key)
+                        rows.extend(r.V[h])
+                wr = _up(wr)
+                lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
+                verts = arb_mat([[ZERO] * self.k]
+                                + [[lam * (x - ze) for x, ze in zip(v, z, strict=True)] for v in rows])
+                S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
+                S.terms.append(make_block(verts, lw["W_O"][h]))
+            else:
+                lam = ZERO
+                S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
+            lams.append(lam)
+            total = S if total is None else total.add(S)
+        return total.shift(lw["b_O"]), lams
+
+    def _layer_set(self, layer: int, X: CSet, position: int, others: list[KV], final: bool, n_anchor=None):
+        if X.is_exact():
+            row = [c + arb(0, _float_up(b)) for c, b in zip(X.center, X.box, strict=True)]
+            q = [qh[0] for qh in self._proj_rows(layer, [row], [position], "Q")]
+        else:
+            q = [qh[0] for qh in self._proj_sets(layer, X, position, ("Q",))["Q"]]
+        attn, lams = self._attention(layer, q, position, others, self.n_fix if n_anchor is None else n_anchor)
+        out = self._finish(layer, X, attn)
+        return (out if final else out.collapse()), lams
+
+    def _finish(self, layer: int, X: CSet, attn: CSet) -> CSet:
+        lw = self.layers[layer]
+        mid = X.add(attn)
+        if self.cfg.attn_only:
+            return mid
+        src = X if self.cfg.parallel_attn_mlp else mid
+        xn = ln_set(src, *lw["ln2"], self.eps)
+        return mid.add(mlp_set(xn, lw, self.act))
+
+    def final_set(self, L: int, last: int | None):
+        nl = self.cfg.n_layers
+        if self.suffix:
+            tail, n_free_pos = list(self.suffix), L
+        elif L >= 1:
+            tail, n_free_pos = [int(last)], L - 1
+        else:
+            tail, n_free_pos = [], 0
+        if not tail:
+            p = self.n_fix - 1
+            layer = nl - 1
+            X = CSet.point(self.anchor_resid[layer][p])
+            q = [self.anchor_kv[layer]["Q"][h][p] for h in range(self.h)]
+            attn, lams = self._attention(layer, q, p, [], self.n_fix)
+            return self._finish(layer, X, attn), lams
+        positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
+        X = [CSet.point(self._embed(t, p)) for t, p in zip(tail, positions, strict=True)]
+        lams = []
+        for layer in range(nl):
+            free = [self.free_kv(i, layer) for i in range(n_free_pos)]
+            tail_kv = [self._kv_of_sets(layer, [X[j]], positions[j]) for j in range(len(tail))]
+            for j in range(len(tail)):
+                if layer < nl - 1 or j == len(tail) - 1:
+                    X[j], lams = self._layer_set(layer, X[j], positions[j], free + tail_kv[: j + 1],
+                                                 final=layer == nl - 1)
+        return X[-1], lams
+
+    def margins(self, X: CSet, c: int, refine: list[int]) -> list[arb]:
+        """Lower bounds (exact arbs) of logit[c] - logit[k]; None at k = c."""
+        A_np = self.W_U[:, [c]] - self.W_U
+        A = arb_mat([[_f(self.W_U[i, c]) - _f(self.W_U[i, k]) for k in range(self.W_U.shape[1])]
+                     for i in range(self.W_U.shape[0])])
+        del A_np
+        bd = [_f(self.b_U[c]) - _f(x) for x in self.b_U]
+        if self.lnf is None:
+            paths = [(X, A, bd, None)]
+        else:
+            w, b = self.lnf
+            Z = ln_set(X, w, b, self.eps)
+            Y = X.center_coords()
+            s_lo, s_hi = sigma_range(Y, self.eps)
+            Aw = arb_mat([[w[i] * A[i, k] for k in range(A.ncols())] for i in range(A.nrows())])
+            bb = _vec(_row(b) * A)
+            paths = [(Z, A, bd, None), (Y, Aw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]
+        best = None
+        for S, M, beta, sig in paths:
+            lo = S.functional_lower(M, _absmat(M), exact=refine)
+            if sig is not None:
+                lo = [_lo(x / sig[1]) if x >= 0 else _lo(x / sig[0]) for x in lo]
+            val = [_lo(x + y) for x, y in zip(lo, beta, strict=True)]
+            best = val if best is None else [_emax([x, y]) for x, y in zip(best, val, strict=True)]
+        best[c] = None
+        return best
+
+
+# =========================================================================================== check
+def _fail(msg: str):
+    raise CertificateError(msg)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def state_sha256(model) -> str:
+    """sha256 of the float64 state dict (same canonical order as the certificate's weights_state_sha256)."""
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        t = state[key].detach().cpu().double().contiguous().numpy()
+        h.update(key.encode("utf-8") + b"\0")
+        h.update(",".join(str(s) for s in t.shape).encode("ascii") + b"\0")
+        h.update(np.ascontiguousarray(t, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def _ids_list(name: str, v, d_vocab: int, allow_empty: bool) -> list[int]:
+    if not isinstance(v, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in v):
+        _fail(f"{name} must be a list of token ids")
+    if not allow_empty and not v:
+        _fail(f"{name} is empty")
+    if any(not 0 <= t < d_vocab for t in v):
+        _fail(f"{name} holds a token id out of range 0..{d_vocab - 1}")
+    return v
+
+
+def _close(claimed: float, exact: arb) -> bool:
+    return abs(claimed - _mid(exact)) <= TOL * (1.0 + abs(claimed))
+
+
+def check(certificate: Any, model) -> bool:
+    """Return True if the certificate proves its claim about this model; raise CertificateError otherwise."""
+    cert = certificate
+    if isinstance(cert, (str, bytes)):
+        try:
+            cert = json.loads(cert)
+        except (ValueError, TypeError) as e:
+            _fail(f"certificate is not valid JSON: {e}")
+    if not isinstance(cert, dict):
+        _fail("certificate is not a JSON object")
+    missing = [k for k in REQUIRED if k not in cert]
+    if missing:
+        _fail(f"certificate is incomplete: missing {', '.join(missing)}")
+    if cert["format"] != FORMAT:
+        _fail(f"unknown certificate format {cert['format']!r}")
+    body = {k: v for k, v in cert.items() if k != "digest"}
+    try:
+        dig = hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+    except (TypeError, ValueError) as e:
+        _fail(f"certificate holds values that are not plain JSON: {e}")
+    if cert["digest"] != dig:
+        _fail("digest does not match the certificate's content (it was modified)")
+    if cert["proven"] is not True:
+        _fail("the certificate records a claim that was not proven")
+    # ---- model
+    cfg = model.cfg
+    if cert["model_config"] != cfg.to_dict():
+        _fail("model config differs from the certificate's")
+    state = state_sha256(model)
+    if cert["weights_state_sha256"] != state:
+        _fail("model weights differ from the certificate's (float64 state-dict hash mismatch)")
+    src = cert["model_sha256_source"]
+    if src == "file":
+        fh = getattr(model, "weights_sha256", None)
+        if fh is not None and fh != cert["model_sha256"]:
+            _fail("model file hash differs from the certificate's model_sha256")
+    elif src == "state":
+        if cert["model_sha256"] != state:
+            _fail("model_sha256 differs from the model's state-dict hash")
+    else:
+        _fail(f"unknown model_sha256_source {src!r}")
+    if not cfg.causal or cfg.attention != "softmax" or cfg.ln_position != "pre":
+        _fail("certificate method covers causal softmax pre-LN models only")
+    if not cfg.attn_only and cfg.act_fn not in ("relu", "gelu"):
+        _fail(f"certificate method does not cover activation {cfg.act_fn!r}")
+    # ---- claim
+    V = cfg.d_vocab
+    prefix = _ids_list("prefix", cert["prefix"], V, allow_empty=False)
+    suffix = _ids_list("suffix", cert["suffix"], V, allow_empty=True)
+    n_free = cert["n_free"]
+    if isinstance(n_free, bool) or not isinstance(n_free, int) or n_free < 0:
+        _fail("n_free must be a non-negative integer")
+    if len(prefix) + n_free + len(suffix) > cfg.n_ctx:
+        _fail("prefix + n_free + suffix exceeds n_ctx")
+    allowed = cert["allowed"]
+    if allowed is None:
+        allowed = list(range(V))
+    else:
+        allowed = _ids_list("allowed", allowed, V, allow_empty=False)
+        if allowed != sorted(set(allowed)):
+            _fail("allowed must be sorted and without repeats")
+    c = cert["token"]
+    if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < V:
+        _fail("token must be a token id")
+    method = cert["method"]
+    if not isinstance(method, dict) or method.get("name") != METHOD:
+        _fail(f"unknown method {method!r}")
+    # ---- cases
+    cases = cert["cases"]
+    if not isinstance(cases, list):
+        _fail("cases must be a list")
+    expected = []
+    for L in range(n_free + 1):
+        if suffix or L == 0:
+            expected.append((L, None))
+        else:
+            expected.extend((L, a) for a in allowed)
+    got = []
+    for rec in cases:
+        if not isinstance(rec, dict) or not {"L", "last", "margin", "refine", "lambda_max", "worst"} <= set(rec):
+            _fail("a case record is incomplete")
+        got.append((rec["L"], rec["last"]))
+    if got != expected:
+        _fail("the certificate's cases do not cover exactly the claim's lengths and last tokens")
+    claimed_margins = []
+    for rec in cases:
+        m = rec["margin"]
+        if not isinstance(m, (int, float)) or isinstance(m, bool) or not m > 0:
+            _fail(f"case {rec['L'], rec['last']}: margin {m!r} is not a positive number")
+        claimed_margins.append(float(m))
+        ref = rec["refine"]
+        if not isinstance(ref, list) or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V
+                                            or k == c for k in ref) or ref != sorted(set(ref)):
+            _fail(f"case {rec['L'], rec['last']}: bad refine list")
+        lam = rec["lambda_max"]
+        if not isinstance(lam, list) or len(lam) != cfg.n_heads or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in lam):
+            _fail(f"case {rec['L'], rec['last']}: bad lambda_max")
+        if not isinstance(rec["worst"], int) or isinstance(rec["worst"], bool) or not 0 <= rec["worst"] < V:
+            _fail(f"case {rec['L'], rec['last']}: bad worst competitor")
+    top = cert["margin"]
+    if not isinstance(top, (int, float)) or isinstance(top, bool) or top != min(claimed_margins):
+        _fail("top-level margin is not the least case margin")
+    # ---- recompute every case
+    chk = Checker(model, prefix, suffix, allowed, method.get("options", {}))
+    for rec in cases:
+        where = f"case L={rec['L']} last={rec['last']}"
+        X, lams = chk.final_set(rec["L"], rec["last"])
+        for claimed, lam in zip(rec["lambda_max"], lams, strict=True):
+            if not (arb(float(claimed)) >= _up(lam)) or not _close(float(claimed), lam):
+                _fail(f"{where}: claimed lambda_max {claimed} does not match the recomputed {_float_up(lam)}")
+        ms = chk.margins(X, c, rec["refine"])
+        worst_k, worst = None, None
+        for k, m in enumerate(ms):
+            if m is None:
+                continue
+            if not m > 0:
+                _fail(f"{where}: the bound for competitor {k} is not positive ({_float_lo(m)}): claim not proven")
+            if worst is None or m < worst:
+                worst_k, worst = k, m
+        if worst is None:
+            _fail(f"{where}: no competitor")
+        claimed = float(rec["margin"])
+        if not arb(claimed) <= worst:
+            _fail(f"{where}: claimed margin {claimed} exceeds the recomputed bound {_float_lo(worst)}")
+        if not _close(claimed, worst):
+            _fail(f"{where}: claimed margin {claimed} does not match the recomputed bound {_float_lo(worst)}")
+        named = ms[rec["worst"]]
+        if named is None or not _close(claimed, named):
+            _fail(f"{where}: the claimed worst competitor {rec['worst']} is not the recomputed one ({worst_k})")
+    return True

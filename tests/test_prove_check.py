@@ -1,0 +1,261 @@
+"""The independent certificate checker: valid certificates pass, every kind of tampering is rejected.
+
+Two layers of defence are tested separately: the digest (any edit of the JSON is caught) and the
+semantic re-derivation (an edit whose digest was recomputed, i.e. a deliberate forgery, is still
+caught when it changes the claim, the model or a number of the evidence beyond the checker's tolerance).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from assay.model import load, save
+from assay.prove import CertificateError, check, prove
+from assay.prove.api import digest
+from assay.prove.bruteforce import enumerate_claim
+from assay.prove.toy import toy_model
+
+
+def _proven(model, rng, n_free=2, want_suffix=None, tries=200):
+    """A random claim the prover proves (with a suffix or without, as asked)."""
+    vocab = model.cfg.d_vocab
+    for _ in range(tries):
+        prefix = rng.integers(0, vocab, size=int(rng.integers(4, 16))).tolist()
+        has_suffix = bool(rng.integers(0, 2)) if want_suffix is None else want_suffix
+        suffix = rng.integers(0, vocab, size=1).tolist() if has_suffix else []
+        allowed = None if rng.random() < 0.5 else sorted(rng.choice(vocab, size=3, replace=False).tolist())
+        r = prove(model, prefix, n_free, suffix=suffix, allowed=allowed)
+        if r.proven:
+            return r
+    raise AssertionError("no proven claim found")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {
+        "rope-relu": toy_model(0, qk=0.3, positional="rotary"),
+        "learned-gelu": toy_model(2, qk=0.3, positional="standard", act_fn="gelu"),
+        "attn-only": toy_model(1, qk=0.3, positional="none", attn_only=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def certs(models):
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, m in models.items():
+        out[name + "/suffix"] = (m, _proven(m, rng, want_suffix=True))
+        out[name + "/nosuffix"] = (m, _proven(m, rng, want_suffix=False))
+    return out
+
+
+def _forge(cert: dict, **changes) -> dict:
+    """A copy with fields changed and the digest recomputed (a deliberate forgery)."""
+    c = copy.deepcopy(cert)
+    c.update(changes)
+    c["digest"] = digest(c)
+    return c
+
+
+def test_valid_certificates_pass_also_after_a_json_round_trip(certs):
+    for _name, (m, r) in certs.items():
+        assert check(r.certificate, m) is True
+        assert check(json.loads(json.dumps(r.certificate)), m) is True
+        assert check(json.dumps(r.certificate), m) is True
+
+
+def test_checker_imports_nothing_from_the_prover():
+    src = Path(__file__).resolve().parents[1] / "src" / "assay" / "prove" / "check.py"
+    tree = ast.parse(src.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert not (node.module or "").startswith("assay"), node.module
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("assay") for a in node.names)
+
+
+def test_any_edit_breaks_the_digest(certs):
+    m, r = certs["rope-relu/nosuffix"]
+    cert = r.certificate
+    edits = {
+        "prefix": cert["prefix"][:-1] + [(cert["prefix"][-1] + 1) % 6],
+        "suffix": [1],
+        "n_free": cert["n_free"] + 1,
+        "allowed": [0, 1],
+        "token": (cert["token"] + 1) % 6,
+        "margin": cert["margin"] * 0.5,
+    }
+    for key, value in edits.items():
+        bad = copy.deepcopy(cert)
+        bad[key] = value
+        with pytest.raises(CertificateError, match="digest"):
+            check(bad, m)
+    bad = copy.deepcopy(cert)
+    bad["cases"][0]["lambda_max"][0] += 1e-12
+    with pytest.raises(CertificateError, match="digest"):
+        check(bad, m)
+
+
+def test_changed_weights_are_rejected(certs):
+    for _name, (m, r) in certs.items():
+        m2 = copy.deepcopy(m)
+        with torch.no_grad():
+            m2.unembed.W_U[0, 0] += 1e-6
+        with pytest.raises(CertificateError, match="weights"):
+            check(r.certificate, m2)
+        # ... and a forgery naming the new weights' hashes fails the re-derivation when the change matters
+        m3 = copy.deepcopy(m)
+        with torch.no_grad():
+            m3.unembed.W_U.mul_(1.05)
+        from assay.prove.weights import state_dict_sha256
+
+        h = state_dict_sha256(m3)
+        forged = _forge(r.certificate, weights_state_sha256=h, model_sha256=h)
+        with pytest.raises(CertificateError):
+            check(forged, m3)
+
+
+def test_forged_claims_are_rejected(certs):
+    for name, (m, r) in certs.items():
+        cert = r.certificate
+        V = m.cfg.d_vocab
+        forgeries = {
+            "prefix": _forge(cert, prefix=[(t + 1) % V for t in cert["prefix"]]),
+            "token": _forge(cert, token=(cert["token"] + 1) % V),
+            "n_free": _forge(cert, n_free=cert["n_free"] + 1),
+            "suffix": _forge(cert, suffix=[] if cert["suffix"] else [0]),
+        }
+        if not cert["suffix"]:
+            allowed = cert["allowed"] if cert["allowed"] is not None else list(range(V))
+            forgeries["allowed"] = _forge(cert, allowed=allowed[:-1])
+        for what, forged in forgeries.items():
+            with pytest.raises(CertificateError):
+                check(forged, m)
+                pytest.fail(f"{name}: forged {what} accepted")
+
+
+def test_forged_evidence_numbers_are_rejected(certs):
+    for _name, (m, r) in certs.items():
+        cert = r.certificate
+        cases = cert["cases"]
+        i = int(np.argmin([c["margin"] for c in cases]))
+        # a larger margin than the bound allows
+        bad = copy.deepcopy(cert)
+        bad["cases"][i]["margin"] *= 1.01
+        bad["margin"] = min(c["margin"] for c in bad["cases"])
+        with pytest.raises(CertificateError, match="margin"):
+            check(_forge(bad), m)
+        # a smaller one (inconsistent with the recomputation)
+        bad = copy.deepcopy(cert)
+        bad["cases"][i]["margin"] *= 0.99
+        bad["margin"] = min(c["margin"] for c in bad["cases"])
+        with pytest.raises(CertificateError, match="margin"):
+            check(_forge(bad), m)
+        # top-level margin not the least case margin
+        with pytest.raises(CertificateError, match="least"):
+            check(_forge(cert, margin=cert["margin"] * 0.5), m)
+        # lambda_max too small or too large
+        for factor in (0.9, 1.1):
+            bad = copy.deepcopy(cert)
+            j = max(range(len(cases)), key=lambda c: max(cases[c]["lambda_max"]))
+            h = int(np.argmax(bad["cases"][j]["lambda_max"]))
+            bad["cases"][j]["lambda_max"][h] = bad["cases"][j]["lambda_max"][h] * factor + (factor - 1)
+            with pytest.raises(CertificateError, match="lambda"):
+                check(_forge(bad), m)
+        # the worst competitor named wrongly
+        bad = copy.deepcopy(cert)
+        others = [k for k in range(m.cfg.d_vocab) if k != cert["token"]]
+        bad["cases"][i]["worst"] = next(k for k in others if k != cases[i]["worst"])
+        with pytest.raises(CertificateError):
+            check(_forge(bad), m)
+        # a case dropped or duplicated
+        with pytest.raises(CertificateError, match="cases"):
+            check(_forge(cert, cases=cases[:-1]), m)
+        with pytest.raises(CertificateError, match="cases"):
+            check(_forge(cert, cases=cases + cases[-1:]), m)
+
+
+def test_certificate_for_a_false_claim_is_rejected():
+    """Hand-made certificates for claims that enumeration shows are false."""
+    rng = np.random.default_rng(3)
+    m = toy_model(0, qk=1.0, positional="rotary")
+    made = 0
+    for _ in range(60):
+        prefix = rng.integers(0, 6, size=int(rng.integers(3, 10))).tolist()
+        r = prove(m, prefix, 1, suffix=[])
+        e = enumerate_claim(m, prefix, 1, [])
+        if len(e.argmax_tokens) < 2:
+            continue
+        cert = copy.deepcopy(r.certificate)
+        for case in cert["cases"]:
+            case["margin"] = 0.25
+        cert.update(proven=True, margin=0.25)
+        cert["digest"] = digest(cert)
+        with pytest.raises(CertificateError):
+            check(cert, m)
+        made += 1
+        if made >= 3:
+            break
+    assert made >= 3
+
+
+def test_unproven_result_does_not_check():
+    m = toy_model(0, qk=3.0, positional="rotary")
+    r = prove(m, [1, 2, 3], 2)
+    assert not r.proven
+    with pytest.raises(CertificateError, match="not proven"):
+        check(r.certificate, m)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: s[: len(s) // 2],  # truncated
+        lambda s: "[1, 2, 3]",
+        lambda s: "not json",
+        lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "cases"}),
+        lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "model_sha256"}),
+        lambda s: s.replace('"format": "assay-overwhelm-certificate/1"', '"format": "other/9"'),
+    ],
+)
+def test_corrupt_or_incomplete_json_is_a_certificate_error(certs, mangle):
+    m, r = certs["rope-relu/suffix"]
+    with pytest.raises(CertificateError):
+        check(mangle(json.dumps(r.certificate)), m)
+
+
+def test_wrong_types_are_certificate_errors(certs):
+    m, r = certs["rope-relu/suffix"]
+    cert = r.certificate
+    for bad in (
+        _forge(cert, prefix="1,2,3"),
+        _forge(cert, n_free=-1),
+        _forge(cert, token=True),
+        _forge(cert, allowed=[3, 1]),
+        _forge(cert, cases=[{"L": 0}]),
+        _forge(cert, prefix=[999]),
+    ):
+        with pytest.raises(CertificateError):
+            check(bad, m)
+
+
+def test_model_loaded_from_file_uses_the_file_hash(tmp_path):
+    m = toy_model(0, qk=0.3, positional="rotary")
+    save(m, tmp_path / "toy")
+    loaded = load(tmp_path / "toy")
+    r = _proven(loaded, np.random.default_rng(5), want_suffix=True)
+    assert r.certificate["model_sha256_source"] == "file"
+    assert r.certificate["model_sha256"] == loaded.weights_sha256
+    assert check(r.certificate, loaded)
+    assert check(r.certificate, m)  # same weights in memory (no file hash to compare)
+    other = copy.deepcopy(loaded)
+    other.weights_sha256 = "0" * 64  # came from some other file
+    with pytest.raises(CertificateError, match="file hash"):
+        check(r.certificate, other)
