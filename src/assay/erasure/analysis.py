@@ -15,9 +15,10 @@ the causal test are always shown, also when nothing is flagged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,24 @@ from assay.erasure.projection import (
 )
 from assay.errors import BadInput
 from assay.model import Transformer
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Context manager: torch uses ``n`` intra-op threads inside (None: leave as is), restored after.
+
+    The analysis is many small forward passes; on a shared two-core machine one thread is much faster
+    than two that wait for each other (planted model, 10 prompts: 0.47 s with 1 thread, 16 s with 2).
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_prompts(model: Transformer, prompts: Sequence[Sequence[int]]) -> list[torch.Tensor]:

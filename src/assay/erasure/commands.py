@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from assay.cli import Outcome, command, load_model, nonneg_int, pos_float
+from assay.cli import Outcome, command, load_model, nonneg_int, pos_float, pos_int
 from assay.errors import BadInput
 
 
@@ -79,20 +79,19 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="erasure rule: fraction of prompts with negative median PR (default 0.8)")
     p.add_argument("--min-rel-norm", type=pos_float, default=0.05,
                    help="erasure rule: writer norm / residual norm at least this (default 0.05)")
+    p.add_argument("--threads", type=pos_int, default=1,
+                   help="torch threads (default 1: many small passes run fastest on one thread of a busy machine)")
     p.add_argument("--top", type=nonneg_int, default=50, help="pairs listed (most negative first; 0: all; default 50)")
 
 
 @command("erasure", help="paper 5: projection ratios, erasers, path patches, DLA against total effect",
          example="assay erasure lm-4l --prompts prompts.txt --writer 0.2 --json", args=_args)
 def erasure_cmd(args: argparse.Namespace) -> Outcome:
-    import torch
-
-    from assay.erasure.analysis import analyze
+    from assay.erasure.analysis import analyze, torch_threads
     from assay.erasure.components import check_decomposable, parse_component
     from assay.erasure.dla import resolve_mode
     from assay.erasure.projection import ErasureRule
 
-    torch.set_grad_enabled(False)
     model = load_model(args.model)
     check_decomposable(model)
     resolve_mode(model, args.dla)
@@ -101,7 +100,8 @@ def erasure_cmd(args: argparse.Namespace) -> Outcome:
     tok = getattr(model, "tokenizer", None)
     decode = (lambda ids: tok.decode(ids)) if tok is not None else None
     rule = ErasureRule(threshold=args.threshold, consistency=args.consistency, min_rel_norm=args.min_rel_norm)
-    a = analyze(model, prompts, writer=writer, rule=rule, mode=args.dla, decode=decode)
+    with torch_threads(args.threads):
+        a = analyze(model, prompts, writer=writer, rule=rule, mode=args.dla, decode=decode)
     data = {"model_arg": args.model, **a.to_json(top=args.top, writer=writer)}
     return Outcome(data, text=summary_text(data))
 

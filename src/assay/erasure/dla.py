@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.erasure.components import Component, component_output, components, run_with_components
+from assay.erasure.components import (
+    Component,
+    check_decomposable,
+    component_output,
+    components,
+    run_with_components,
+)
 from assay.errors import BadInput
 from assay.model import Transformer
 
@@ -110,6 +116,7 @@ class DLA:
 
 def resolve_mode(model: Transformer, mode: str) -> str:
     """Check the DLA mode against the model: ``frozen`` needs a final LayerNorm, ``linear`` needs none."""
+    check_decomposable(model)
     has_ln = hasattr(model, "ln_final")
     if mode == "frozen" and not has_ln:
         raise BadInput(NO_FINAL_LN)
