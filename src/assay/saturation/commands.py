@@ -26,7 +26,7 @@ def _log(msg: str) -> None:
 
 
 def _language(name: str) -> str:
-    from assay.saturation.constructions import CONSTRUCTIONS
+    from assay.saturation.languages import CONSTRUCTIONS
 
     if name not in CONSTRUCTIONS:
         raise BadInput(f"unknown language {name!r}; known: {', '.join(CONSTRUCTIONS)}")
@@ -43,7 +43,9 @@ def _construct_args(p: argparse.ArgumentParser) -> None:
                    help=f"longest string: every string up to min(N, {EXHAUSTIVE_LEN}), random strings of length N "
                         f"(at most {MAX_CONSTRUCT_N})")
     p.add_argument("--random", type=nonneg_int, default=10, metavar="K",
-                   help="random strings of length N when N > 14 (default 10); every prefix of each is checked")
+                   help="random strings of length N when N > L (default 10); every prefix of each is checked")
+    p.add_argument("--exhaustive", type=pos_int, default=EXHAUSTIVE_LEN, metavar="L",
+                   help=f"check every string up to min(N, L) (default {EXHAUSTIVE_LEN}: 32766 strings)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random strings")
 
 
@@ -73,10 +75,10 @@ def hard_counterexample(language: str, max_len: int = HARD_SEARCH_LEN) -> dict[s
 
 
 def check_construction(language: str, n: int, random_strings: int = 10, seed: int = 0,
-                       log: Any = None) -> dict[str, Any]:
+                       log: Any = None, exhaustive: int = EXHAUSTIVE_LEN) -> dict[str, Any]:
     """Return {language, n, correct, total, ...}: the exact interpreter's decision against the reference
-    on every nonempty string up to min(n, 14) and on every prefix of ``random_strings`` strings of length
-    n (when n > 14), plus the hard-attention counterexample."""
+    on every nonempty string up to min(n, exhaustive) and on every prefix of ``random_strings`` strings
+    of length n (when n > exhaustive), plus the hard-attention counterexample."""
     from assay.saturation.constructions import build
     from assay.saturation.interpreter import all_prefix_steps
     from assay.saturation.languages import sample
@@ -88,7 +90,9 @@ def check_construction(language: str, n: int, random_strings: int = 10, seed: in
     ref_lang = "majority" if language == "counter" else language
     correct = total = 0
     first_wrong = None
-    ex = min(n, EXHAUSTIVE_LEN)
+    if exhaustive > 20:
+        raise BadInput(f"--exhaustive must be at most 20 (2^21 strings), got {exhaustive}")
+    ex = min(n, exhaustive)
     if log:
         log(f"{language}: every string up to length {ex} (exact interpreter)")
     for w, step in all_prefix_steps(c.interpreter(), (0, 1), ex):
@@ -98,7 +102,7 @@ def check_construction(language: str, n: int, random_strings: int = 10, seed: in
         if not ok and first_wrong is None:
             first_wrong = list(w)
     rng = random.Random(seed)
-    k = random_strings if n > EXHAUSTIVE_LEN else 0
+    k = random_strings if n > ex else 0
     for r in range(k):
         w = sample(ref_lang, n, rng)
         if log:
@@ -123,7 +127,8 @@ def check_construction(language: str, n: int, random_strings: int = 10, seed: in
 @command("construct", help="check a hand-built saturated transformer against its language's reference recogniser",
          example="assay saturation construct majority --n 10000 --json", args=_construct_args, group="saturation")
 def construct_cmd(args: argparse.Namespace) -> Outcome:
-    data = check_construction(_language(args.language), args.n, args.random, args.seed, log=_log)
+    data = check_construction(_language(args.language), args.n, args.random, args.seed, log=_log,
+                              exhaustive=args.exhaustive)
     ce = data["hard_counterexample"]
     text = (f"{data['language']}: {data['correct']}/{data['total']} strings decided correctly (exact, up to length "
             f"{data['exhaustive_max_len']} exhaustively, {data['random_strings']} random strings of length {args.n})\n"
@@ -153,7 +158,7 @@ def _bits_args(p: argparse.ArgumentParser) -> None:
          example="assay saturation bits dyck1 --n-max 100000 --json", args=_bits_args, group="saturation")
 def bits_cmd(args: argparse.Namespace) -> Outcome:
     from assay.saturation import bits
-    from assay.saturation.constructions import CONSTRUCTIONS
+    from assay.saturation.languages import CONSTRUCTIONS
 
     if args.target in CONSTRUCTIONS:
         if args.attention:
@@ -202,9 +207,11 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
          example="assay saturation circuit dyck1 --n 32 --dot dyck1.dot --json", args=_circuit_args,
          group="saturation")
 def circuit_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.saturation.circuit import compile_construction, write_exports
+    from assay.saturation.circuit import MAX_N, compile_construction, write_exports
 
     lang = _language(args.language)
+    if args.n > MAX_N:
+        raise BadInput(f"--n must be in 1..{MAX_N} (circuit size grows like n^3; the memory limit), got {args.n}")
     _log(f"compiling {lang} at n = {args.n}")
     res = compile_construction(lang, args.n, random_inputs=args.random, seed=args.seed)
     circ = res.pop("circuit")
@@ -239,6 +246,9 @@ def meter_cmd(args: argparse.Namespace) -> Outcome:
     from assay.saturation import meter
 
     model = load_model(args.model)
+    if model.cfg.attention != "softmax":
+        raise BadInput(f"the meter scales a softmax model towards saturation; {args.model} has "
+                       f"{model.cfg.attention!r} attention already")
     card = None
     try:
         card = load_card(args.model)

@@ -45,9 +45,9 @@ import torch
 from assay.errors import BadInput
 from assay.model import ModelConfig, Transformer
 from assay.saturation.interpreter import Interpreter, Num
-from assay.saturation.languages import LANGUAGES, RECOGNISERS, THRESHOLD_K, check_language
+from assay.saturation.languages import CONSTRUCTIONS, RECOGNISERS, THRESHOLD_K, check_language
 
-CONSTRUCTIONS = (*LANGUAGES, "counter")
+__all__ = ["CONSTRUCTIONS", "Construction", "build", "decode_counter"]
 MAX_N_CTX = 1_000_000  # W_pos is [n_ctx, d_model] float64: 1e6 x 10 x 8 B = 80 MB
 
 

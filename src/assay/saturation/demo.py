@@ -85,19 +85,26 @@ def circuit_figure(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def saturation_figure(meter_res: dict[str, Any], run: dict[str, Any], path: Path, name: str) -> Path:
-    """Write the per-layer saturation figure: cosine against c per layer, and norm / cosine against step."""
+def saturation_figure(metered: dict[str, dict[str, Any]], run: dict[str, Any], path: Path) -> Path:
+    """Write the per-layer saturation figure: cosine against c per (model, layer), cosine at c = 1 per
+    layer, and parameter norm / cosine against the training step."""
     plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    cs = [row["c"] for row in meter_res["curve"]]
-    for layer in range(len(meter_res["layers"])):
-        ax.plot(cs, [row["cosines"][layer] for row in meter_res["curve"]], "o-", label=f"layer {layer}")
+    fig, (ax, ax1, ax2) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, res in metered.items():
+        cs = [row["c"] for row in res["curve"]]
+        for layer in range(len(res["layers"])):
+            ax.plot(cs, [row["cosines"][layer] for row in res["curve"]], "o-", ms=3, label=f"{name} L{layer}")
+        ax1.plot([r["layer"] for r in res["layers"]], [r["cosine"] for r in res["layers"]], "o-", label=name)
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("c (every parameter scaled by c)")
     ax.set_ylabel("cosine with the saturated network")
-    ax.set_title(f"{name}: saturation per layer")
-    ax.legend(fontsize=8)
+    ax.set_title("saturation per layer against c")
+    ax.legend(fontsize=6)
+    ax1.set_ylim(-0.05, 1.05)
+    ax1.set_xlabel("layer")
+    ax1.set_title("per-layer cosine at c = 1")
+    ax1.legend(fontsize=7)
     steps = [p["step"] for p in run["points"]]
     ax2.plot(steps, [p["param_norm"] for p in run["points"]], "o-", color="C3", label="parameter norm")
     ax2.set_xlabel("training step")
@@ -106,11 +113,26 @@ def saturation_figure(meter_res: dict[str, Any], run: dict[str, Any], path: Path
     ax3.plot(steps, [p["cosine"] for p in run["points"]], "s--", color="C0", label="cosine (c = 1)")
     ax3.set_ylabel("cosine with saturated network", color="C0")
     ax3.set_ylim(-0.2, 1.05)
-    ax2.set_title("training: norm growth and saturation")
+    ax2.set_title(f"training {run['recipe']}: norm and saturation")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _shipped_softmax_models(max_params: int = 5_000_000) -> list[str]:
+    from assay.model import load_config, shipped_models
+
+    out = []
+    for name in shipped_models():
+        try:
+            cfg = load_config(name)
+        except Exception:  # a broken shipped model is the models section's business, not ours
+            continue
+        approx = cfg.n_layers * 12 * cfg.d_model**2 + cfg.d_vocab * cfg.d_model
+        if cfg.attention == "softmax" and approx <= max_params:
+            out.append(name)
+    return out
 
 
 def section(ctx: Any) -> str:
@@ -180,27 +202,34 @@ def section(ctx: Any) -> str:
         f"{lang}: k = {f['k']:.2f} (R² {f['r2']:.4f})" for lang, f in fits.items())) + "</p>")
 
     # 4. Meter and training run.
+    from assay.model import load, load_card
+
     tmp = Path(tempfile.mkdtemp(prefix="assay-sat-demo-"))
+    metered: dict[str, dict[str, Any]] = {}
     try:
         ctx.log(f"saturation: training a no-LayerNorm MAJORITY model for {TRAIN_STEPS} steps (norm growth)")
         run = meter.training_run(meter.exact_recipe(TRAIN_STEPS), steps=TRAIN_STEPS, every=10, keep=tmp / "model")
-        from assay.model import load
-
         model = load(tmp / "model")
-        tokens = meter.sample_inputs(model, card={"recipe": "majority-1l"})
-        mres = meter.meter(model, tokens)
-        fig = saturation_figure(mres, run, ctx.fig_dir / "saturation-meter.png", "majority-exact-1l")
+        metered["majority-exact-1l"] = meter.meter(model, meter.sample_inputs(model, card={"recipe": run["recipe"]}))
         ctx.log(f"saturation: exact bit profile of the trained model up to n = {MODEL_BITS_N}")
         mbits = bits.profile_model(model, MODEL_BITS_N, attention="saturated", precision_n_max=50)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for name in _shipped_softmax_models():
+        ctx.log(f"saturation: metering shipped model {name}")
+        m = load(name, dtype=None)
+        metered[name] = meter.meter(m, meter.sample_inputs(m, batch=8, length=min(m.cfg.n_ctx, 34),
+                                                           card=load_card(name)))
+    fig = saturation_figure(metered, run, ctx.fig_dir / "saturation-meter.png")
     parts.append("<h3>Saturation of a trained model</h3>")
-    parts.append(figure(fig, ctx.out, "Left: per-layer cosine between the model with parameters c·θ and its "
-                                      "saturated network. Right: parameter norm and saturation during training"))
-    parts.append(table(["layer", "cosine at c = 1"], [[r["layer"], r["cosine"]] for r in mres["layers"]]))
-    parts.append(table(["layer", "head", "positions above 1e-5 (c = 1000)", "fraction of visible", "kind"],
-                       [[h["layer"], h["head"], h["positions_above"], h["fraction_of_visible"], h["kind"]]
-                        for h in mres["heads"]]))
+    parts.append(figure(fig, ctx.out, "Left and middle: per-layer cosine between each model with parameters c·θ "
+                                      "and its saturated network. Right: parameter norm and saturation during "
+                                      "training"))
+    parts.append(table(["model", "layer", "cosine at c = 1"],
+                       [[name, r["layer"], r["cosine"]] for name, res in metered.items() for r in res["layers"]]))
+    parts.append(table(["model", "layer", "head", "positions above 1e-5 (c = 1000)", "fraction of visible", "kind"],
+                       [[name, h["layer"], h["head"], h["positions_above"], h["fraction_of_visible"], h["kind"]]
+                        for name, res in metered.items() for h in res["heads"]]))
     first, last = run["points"][0], run["points"][-1]
     f = mbits["fit"]
     parts.append(

@@ -21,6 +21,7 @@ from assay.errors import BadInput
 THRESHOLD_K = 3
 SYMBOLS = {"majority": "01", "threshold": "01", "dyck1": "()", "anbn": "ab"}
 LANGUAGES = tuple(SYMBOLS)
+CONSTRUCTIONS = (*LANGUAGES, "counter")  # the counter-construction decides MAJORITY (see constructions.py)
 
 
 def is_majority(w: Sequence[int]) -> bool:
