@@ -381,3 +381,22 @@ def test_load_hf_dispatches_on_model_type(gpt2_dir, tmp_path) -> None:
 def test_hub_name_is_a_clear_error(call, name: str) -> None:
     with pytest.raises(BadInput, match="not a local directory.*save_pretrained"):
         call(name)
+
+
+def test_bert_with_a_head_must_be_passed_as_its_bert() -> None:
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16)  # fmt: skip
+    mlm = transformers.BertForMaskedLM(cfg)
+    with pytest.raises(BadInput, match=r"pass its \.bert"):
+        from_hf_bert(mlm)
+    assert from_hf_bert(mlm.bert).cfg.ln_position == "post"
+
+
+def test_dtype_override_converts_the_weights() -> None:
+    torch.manual_seed(11)
+    hf = transformers.GPT2LMHeadModel(_gpt2_config()).eval()  # float32
+    ours = from_hf_gpt2(hf, dtype=torch.float64)
+    assert {p.dtype for p in ours.parameters()} == {torch.float64}
+    tokens = _tokens(100, 2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf.double()(tokens).logits, rtol=0, atol=1e-10)
