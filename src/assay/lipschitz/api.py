@@ -99,14 +99,26 @@ class LipschitzResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the JSON object of ``assay lipschitz --json``."""
-        return {
+        """Return the JSON object of ``assay lipschitz --json`` (a bound too large for a float is null)."""
+        return _finite({
             "n": self.n, "local": self.local, "lower": self.lower, "upper": self.upper,
             "seconds": round(self.seconds, 3), "local_upper": self.local_upper, "bounds": self.bounds,
             "radius": self.radius, "set": self.set_kind, "input": self.input_kind,
             "local_residual": self.local_residual, "local_iterations": self.local_iterations,
             "local_method": self.local_method, "lower_seed": self.lower_seed, "map": self.label, **self.extra,
-        }  # fmt: skip
+        })  # fmt: skip
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """Return ``d`` with every non-finite float (recursively) replaced by None, so the JSON is strict."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _finite(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
 
 
 def analyze(

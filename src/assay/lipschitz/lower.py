@@ -12,7 +12,8 @@ Seeds (each perturbed by a tiny seeded noise so that no symmetry stalls the asce
   every follower attends to x_1, so moving x_1 moves n - 1 outputs;
 - ``split-m``: mass splitting, m duplicated copies of the hub R u followed by n - m copies of R u / 2;
 - ``tie``: two keys +-R u that every query scores equally, with u chosen along the head's largest value
-  direction: the softmax is at its most sensitive for every query at once.
+  direction: the softmax is at its most sensitive for every query at once; ``tie2``: tokens alternating
+  +-R u with u on the null cone of A (u A u^T = 0), so every token is a query tied between the two.
 
 The ascent step moves every token by at most ``eta R`` along the gradient of ``<u, J(X) v>`` (u, v the
 current top singular pair; the gradient of ||J|| where the top singular value is simple), projects
@@ -81,6 +82,13 @@ def construction_seeds(amap: AttentionMap, tset: TokenSet, n: int, heads: int = 
                 X = (R * top / 2).expand(n, -1).clone()
                 X[:m] = R * top
                 out.append((f"split-{m}{tag}", X))
+        if n >= 2 and float(evals[-1]) > 0 > float(evals[0]):
+            # u on the null cone of A (u A u^T = 0): keys +-R u are tied for queries +-R u themselves
+            lp, lm = float(evals[-1]), float(-evals[0])
+            u = (lm / (lp + lm)) ** 0.5 * top + (lp / (lp + lm)) ** 0.5 * bot
+            X = (R * u).expand(n, -1).clone()
+            X[1::2] = -R * u
+            out.append((f"tie2{tag}", X))
         if n >= 3:
             Ua, Sa, Vha = torch.linalg.svd(A)
             z = Ua[:, 0]  # query direction with the largest score gradient z A
