@@ -23,11 +23,11 @@ from assay.prove.bruteforce import enumerate_claim
 from assay.prove.toy import toy_model
 
 
-def _proven(model, rng, n_free=2, want_suffix=None, tries=200):
+def _proven(model, rng, n_free=2, want_suffix=None, tries=200, prefix_len=(4, 16)):
     """A random claim the prover proves (with a suffix or without, as asked)."""
     vocab = model.cfg.d_vocab
     for _ in range(tries):
-        prefix = rng.integers(0, vocab, size=int(rng.integers(4, 16))).tolist()
+        prefix = rng.integers(0, vocab, size=int(rng.integers(*prefix_len))).tolist()
         has_suffix = bool(rng.integers(0, 2)) if want_suffix is None else want_suffix
         suffix = rng.integers(0, vocab, size=1).tolist() if has_suffix else []
         allowed = None if rng.random() < 0.5 else sorted(rng.choice(vocab, size=3, replace=False).tolist())
@@ -53,6 +53,8 @@ def certs(models):
     for name, m in models.items():
         out[name + "/suffix"] = (m, _proven(m, rng, want_suffix=True))
         out[name + "/nosuffix"] = (m, _proven(m, rng, want_suffix=False))
+    two = toy_model(0, n_layers=2, qk=0.1, unembed=3.0, embed=6.0, positional="none", attn_only=True)
+    out["2l-attn-only/suffix"] = (two, _proven(two, rng, n_free=1, want_suffix=True, prefix_len=(24, 36)))
     return out
 
 

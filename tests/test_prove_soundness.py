@@ -35,9 +35,20 @@ ONE_LAYER = [
 ]
 
 
-def _claims(rng: np.random.Generator, n: int, vocab: int, n_free_max: int):
+TWO_LAYER = [
+    ("2l-rope-ln-relu", dict(n_layers=2, positional="rotary", act_fn="relu")),
+    ("2l-learned-ln-gelu", dict(n_layers=2, positional="standard", act_fn="gelu")),
+    ("2l-nopos-attnonly", dict(n_layers=2, positional="none", attn_only=True)),
+    ("2l-rope-parallel", dict(n_layers=2, positional="rotary", parallel=True)),
+]
+# (qk, unembed, embed): a residual stream that dominates (embed) and flat attention (qk) make a long
+# prefix overwhelm two layers; (0.3, 1, 2) gives many false claims.
+SCALES_2L = [(0.1, 3.0, 6.0), (0.3, 3.0, 6.0), (0.1, 1.0, 8.0), (0.3, 1.0, 2.0)]
+
+
+def _claims(rng: np.random.Generator, n: int, vocab: int, n_free_max: int, prefix_len=(3, 17)):
     for _ in range(n):
-        prefix = rng.integers(0, vocab, size=int(rng.integers(3, 17))).tolist()
+        prefix = rng.integers(0, vocab, size=int(rng.integers(*prefix_len))).tolist()
         n_free = int(rng.integers(1, n_free_max + 1))
         suffix = rng.integers(0, vocab, size=int(rng.choice([0, 0, 1, 2]))).tolist()
         allowed = None
@@ -46,11 +57,11 @@ def _claims(rng: np.random.Generator, n: int, vocab: int, n_free_max: int):
         yield prefix, n_free, suffix, allowed
 
 
-def check_claims(model, rng, n_claims: int, n_free_max: int) -> dict:
+def check_claims(model, rng, n_claims: int, n_free_max: int, prefix_len=(3, 17)) -> dict:
     """Prove and enumerate n_claims random claims; assert soundness; return counts."""
     vocab = model.cfg.d_vocab
     counts = {"claims": 0, "proven": 0, "false_claims": 0, "strings": 0}
-    for prefix, n_free, suffix, allowed in _claims(rng, n_claims, vocab, n_free_max):
+    for prefix, n_free, suffix, allowed in _claims(rng, n_claims, vocab, n_free_max, prefix_len):
         r = prove(model, prefix, n_free, suffix=suffix, allowed=allowed)
         e = enumerate_claim(model, prefix, n_free, suffix, allowed)
         counts["claims"] += 1
@@ -70,14 +81,16 @@ def check_claims(model, rng, n_claims: int, n_free_max: int) -> dict:
     return counts
 
 
-def _sweep(configs, seeds, n_claims, n_free_max, scales, rng_seed):
+def _sweep(configs, seeds, n_claims, n_free_max, scales, rng_seed, prefix_len=(3, 17)):
     total = {"claims": 0, "proven": 0, "false_claims": 0, "strings": 0}
     rng = np.random.default_rng(rng_seed)
     for _name, kw in configs:
         for seed in seeds:
-            qk, unembed = scales[int(rng.integers(len(scales)))]
-            model = toy_model(seed, qk=qk, unembed=unembed, **kw)
-            c = check_claims(model, rng, n_claims, n_free_max)
+            sc = scales[int(rng.integers(len(scales)))]
+            qk, unembed = sc[:2]
+            extra = {"embed": sc[2]} if len(sc) > 2 else {}
+            model = toy_model(seed, qk=qk, unembed=unembed, **extra, **kw)
+            c = check_claims(model, rng, n_claims, n_free_max, prefix_len)
             for k in total:
                 total[k] += c[k]
     return total
@@ -100,3 +113,21 @@ def test_one_layer_sound_large_sweep():
     print("one-layer soundness (slow):", total)
     assert total["false_claims"] == 0
     assert total["proven"] >= 50 and total["claims"] - total["proven"] >= 50, total
+
+
+def test_two_layer_sound_against_enumeration():
+    total = _sweep(TWO_LAYER, seeds=range(3), n_claims=3, n_free_max=2, scales=SCALES_2L, rng_seed=2,
+                   prefix_len=(24, 35))
+    print("two-layer soundness:", total)
+    assert total["false_claims"] == 0
+    assert total["proven"] >= 2, total
+    assert total["claims"] - total["proven"] >= 2, total
+
+
+@pytest.mark.slow
+def test_two_layer_sound_large_sweep():
+    total = _sweep(TWO_LAYER, seeds=range(10), n_claims=8, n_free_max=2, scales=SCALES_2L, rng_seed=3,
+                   prefix_len=(24, 35))
+    print("two-layer soundness (slow):", total)
+    assert total["false_claims"] == 0
+    assert total["proven"] >= 10 and total["claims"] - total["proven"] >= 10, total

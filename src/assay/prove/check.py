@@ -528,9 +528,53 @@ def rotate(v: list, cos: list, sin: list) -> list:
             + [b * c + a * s for a, b, c, s in zip(x1, x2, cos, sin, strict=True)] + list(v[2 * half :]))
 
 
+INTERVAL_SOFTMAX_MIN = 1e-6
+
+
+def interval_average(s: list, m: arb, V: list[list]) -> tuple[list, list]:
+    """Per-coordinate bounds of sum w v / sum w over exp(lower s - m) <= w <= exp(upper s - m): the best
+    threshold (upper weights on the largest values) over all n + 1, with the values' radii added."""
+    a = [_lo((_lo(x) - m).exp()) for x in s]
+    b = [_up((_up(x) - m).exp()) for x in s]
+    n, k = len(V), len(V[0])
+    los, his = [], []
+    for e in range(k):
+        vm = [_f(_mid(V[j][e])) for j in range(n)]
+        rad = _emax([_up(abs(V[j][e] - vm[j])) for j in range(n)])
+        out = []
+        for sign in (1, -1):
+            order = sorted(range(n), key=lambda j, sign=sign: -sign * _mid(vm[j]))
+            num_a = sum((a[j] * vm[j] for j in range(n)), ZERO)
+            den_a = sum(a, ZERO)
+            num, den = num_a, den_a
+            vals = [num / den]
+            for j in order:
+                num = num + (b[j] - a[j]) * vm[j]
+                den = den + (b[j] - a[j])
+                vals.append(num / den)
+            out.append(_emax([_up(v) for v in vals]) if sign == 1 else _emin([_lo(v) for v in vals]))
+        his.append(_up(out[0] + rad))
+        los.append(_lo(out[1] - rad))
+    return los, his
+
+
 def boxball(mid: float, rad: arb) -> arb:
     """The ball [mid - rad, mid + rad]."""
     return _f(mid) + arb(0, _float_up(rad))
+
+
+def _tidy(X: CSet) -> CSet:
+    """Collapse a set whose every coordinate is known to rounding size into an exact point."""
+    if not X.terms:
+        return X
+    lo, hi = X.coord_bounds()
+    width = _emax([_up(b - a) for a, b in zip(lo, hi, strict=True)])
+    scale = _emax([_up(abs(x)) for x in X.center])
+    if width <= _f(EXACT_REL) * (ONE + scale):
+        C = X.collapse()
+        C.r_cap = None
+        return C
+    return X
 
 
 # =========================================================================================== engine
@@ -750,6 +794,12 @@ class Checker:
             dev = [_up(sum((pj * abs(vj[e] - z[e]) for pj, vj in zip(p, VA, strict=True)), ZERO))
                    for e in range(self.k)]
             obox = [_up(abs(oe - ze) + tau * de) for oe, ze, de in zip(o, z, dev, strict=True)]
+            if rbar >= _f(INTERVAL_SOFTMAX_MIN):
+                ilo, ihi = interval_average(s, m, VA)
+                lo = [_emax([_lo(ze - bx), a]) for ze, bx, a in zip(z, obox, ilo, strict=True)]
+                hi = [_emin([_up(ze + bx), b]) for ze, bx, b in zip(z, obox, ihi, strict=True)]
+                z = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(lo, hi, strict=True)]
+                obox = [_emax([_up(b - ze), _up(ze - a)]) for a, b, ze in zip(lo, hi, z, strict=True)]
             wa_lo = _lo(sum(((_lo(x) - m).exp() for x in s), ZERO))
             if rest:
                 wr = ZERO
@@ -763,8 +813,14 @@ class Checker:
                         rows.extend(r.V[h])
                 wr = _up(wr)
                 lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
+                # Vertices at the values' midpoints; the values' radii go to the box (as in the prover).
+                lam = _up(lam)
+                mids = [[_f(_mid(x)) for x in v] for v in rows]
+                vrad = [_emax([_up(abs(v[e] - mv[e])) for v, mv in zip(rows, mids, strict=True)])
+                        for e in range(self.k)]
                 verts = arb_mat([[ZERO] * self.k]
-                                + [[lam * (x - ze) for x, ze in zip(v, z, strict=True)] for v in rows])
+                                + [[lam * (x - ze) for x, ze in zip(v, z, strict=True)] for v in mids])
+                obox = [_up(b + lam * r) for b, r in zip(obox, vrad, strict=True)]
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
                 S.terms.append(make_block(verts, lw["W_O"][h]))
             else:
@@ -782,7 +838,7 @@ class Checker:
             q = [qh[0] for qh in self._proj_sets(layer, X, position, ("Q",))["Q"]]
         attn, lams = self._attention(layer, q, position, others, self.n_fix if n_anchor is None else n_anchor)
         out = self._finish(layer, X, attn)
-        return (out if final else out.collapse()), lams
+        return _tidy(out), lams
 
     def _finish(self, layer: int, X: CSet, attn: CSet) -> CSet:
         lw = self.layers[layer]

@@ -27,9 +27,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assay.prove import rules
-from assay.prove.affine import AffineSet
+from assay.prove.affine import EXACT_REL, AffineSet
 from assay.prove.fp import U, col_norms, gamma, sum_bounds, up
 from assay.prove.weights import ModelWeights
+
+
+def _tidy(X: AffineSet) -> AffineSet:
+    """Collapse a set whose every coordinate is known to rounding size into an exact point."""
+    if not X.terms:
+        return X
+    lo, hi = X.coord_bounds()
+    if float((hi - lo).max()) <= EXACT_REL * (1.0 + float(np.abs(X.center).max())):
+        C = X.collapse()
+        C.r_cap = None
+        return C
+    return X
 
 
 @dataclass
@@ -274,7 +286,7 @@ class Engine:
             src = X if self.cfg.parallel_attn_mlp else mid
             xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
             out = mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
-        return (out if final else out.collapse()), lams
+        return _tidy(out), lams
 
     # ------------------------------------------------------------------ cases
     def final_set(self, L: int, last: int | None) -> tuple[AffineSet, list[float]]:
@@ -298,7 +310,7 @@ class Engine:
             q, qbox = qkv[0][:, p, :], qkv[1][:, p, :]
             attn, lams = self._attention(layer, q, qbox, p, [], self.n_fix)
             out = self._finish(layer, Xs[0], attn)
-            return out, lams
+            return _tidy(out), lams
         positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
         x, xerr = self._embed(np.array(tail), np.array(positions))
         X = [AffineSet.point(x[j], xerr[j]) for j in range(len(tail))]

@@ -132,8 +132,15 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
             e = e + gamma(d) * np.multiply.outer(rn * ynorm, ay) / c2
             return up(up(e, 8) / sig_lo, 4)
 
+        sig_hi = float(up(sig, d + 8))
+        c2hi = d * sig_hi * sig_hi
+
         def box_map(rr):
-            return up((rr + ay * float(up(ay @ rr, d)) / c2) / sig_lo, 8)
+            # |J|^T r exactly: J_jj = (1 - y_j^2/(d s^2))/s >= 0, |J_ij| = |y_i y_j| / (d s^3) off the diagonal.
+            t = float(up(ay @ rr, d))
+            off = up(np.maximum(t - ay * rr, 0.0) + gamma(d + 2) * t, 2)
+            diag = rr * np.maximum(1.0 - ay * ay / c2hi, 0.0)
+            return up(up(diag + 4 * U * rr, 4) / sig_lo + ay * off / (c2 * sig_lo), 8)
 
         out = Y.shift(-ys)._map(apply, err, box_map).shift(g, gerr)
         out.terms.append(Term(new_id(), "ell", np.eye(d) * rho))
@@ -292,7 +299,51 @@ def anchor_average(s: np.ndarray, srad: np.ndarray, V: np.ndarray, Vbox: np.ndar
     tau = float(up(math.expm1(2.0 * rbar), 8))
     ferr = up(3 * gamma(n + 3) * (p @ np.abs(V)), 4)
     obox = up(Vbox.max(axis=0) + tau * up(dev, n + 8) + ferr, 4)
+    if rbar >= INTERVAL_SOFTMAX_MIN:
+        # Uncertain scores: also the exact range of sum w v / sum w over independent weight intervals.
+        w_lo_b, w_hi_b = exp_bounds(x, xerr)
+        ilo, ihi = interval_average(w_lo_b, w_hi_b, V, Vbox)
+        lo = np.maximum(next_down(o - obox), ilo)
+        hi = np.minimum(next_up(o + obox), ihi)
+        o = 0.5 * (lo + hi)
+        obox = up(np.maximum(hi - o, o - lo), 2)
     return o, obox, m, float(down(w_lo.sum(), n + 2))
+
+
+INTERVAL_SOFTMAX_MIN = 1e-6  # score radius above which the interval-weight bound is also used
+
+
+def interval_average(a: np.ndarray, b: np.ndarray, V: np.ndarray, Vbox: np.ndarray):
+    """Per-coordinate bounds of sum_j w_j v_j / sum_j w_j over all w with a <= w <= b (and |v* - V| <= Vbox).
+
+    The maximum of a ratio of linear functions over a box of weights puts the upper weight b_j on the
+    largest values and a_j on the rest (a threshold rule); taking the best threshold over all n + 1
+    gives the exact maximum. Rounding: every numerator / denominator is a sum of at most 2n
+    non-negative-weight terms.
+    """
+    n, k = V.shape
+    if not np.all(np.isfinite(b)) or float(a.sum()) <= 0.0:
+        return np.full(k, -np.inf), np.full(k, np.inf)
+    out = []
+    for sign in (1.0, -1.0):  # max of V, then max of -V (= -min)
+        W = sign * V
+        order = np.argsort(-W, axis=0, kind="stable")
+        Ws = np.take_along_axis(W, order, axis=0)
+        As, Bs = a[order], b[order]
+        zero = np.zeros((1, k))
+        cb = np.vstack([zero, np.cumsum(Bs * Ws, axis=0)])
+        ca = np.vstack([zero, np.cumsum(As * Ws, axis=0)])
+        cbw = np.vstack([zero, np.cumsum(Bs, axis=0)])
+        caw = np.vstack([zero, np.cumsum(As, axis=0)])
+        num = cb + (ca[-1] - ca)
+        den = cbw + (caw[-1] - caw)
+        val = num / den
+        best = val.max(axis=0)
+        g = gamma(2 * n + 4)
+        mag = (b @ np.abs(V))
+        err = up((g * mag + np.abs(best) * g * float(b.sum())) / (float(a.sum()) * (1 - g)) + 2 * U * np.abs(best), 4)
+        out.append(next_up(best + err + Vbox.max(axis=0)))
+    return -out[1], out[0]
 
 
 def head_output_set(
