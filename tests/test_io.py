@@ -163,11 +163,14 @@ def test_config_with_unknown_field(saved):
     _bad(saved, "n_experts")
 
 
-def test_config_with_invalid_value(saved):
+@pytest.mark.parametrize(
+    "field, value", [("attention", "sparsemax"), ("causal", "false"), ("n_layers", "2"), ("eps", None)]
+)
+def test_config_with_invalid_value(saved, field, value):
     cfg = json.loads((saved / "config.json").read_text())
-    cfg["attention"] = "sparsemax"
+    cfg[field] = value
     (saved / "config.json").write_text(json.dumps(cfg))
-    _bad(saved, "sparsemax")
+    _bad(saved, field)
 
 
 def test_config_that_does_not_match_the_weights(saved):

@@ -507,6 +507,11 @@ def test_longest_and_extreme_tokens_are_fine(small_config, random_model):
         dict(rotary_dim=6),
         dict(n_heads=0),
         dict(d_mlp=None),
+        dict(causal="false"),
+        dict(attn_only=1),
+        dict(eps="1e-5"),
+        dict(eps=-1.0),
+        dict(rotary_base=0.0),
     ],
 )
 def test_invalid_configs_are_bad_input(changes):

@@ -65,6 +65,13 @@ class ModelConfig:
             v = getattr(self, field)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 problems.append(f"{field} must be a positive integer, got {v!r}")
+        for field in ("attn_only", "causal", "parallel_attn_mlp"):
+            if not isinstance(getattr(self, field), bool):  # JSON "false" is a truthy string
+                problems.append(f"{field} must be true or false, got {getattr(self, field)!r}")
+        for field, low in (("eps", 0.0), ("init_range", 0.0), ("rotary_base", 1e-300)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low:
+                problems.append(f"{field} must be a number >= {low:g}, got {v!r}")
         if not self.attn_only and (not isinstance(self.d_mlp, int) or self.d_mlp <= 0):
             problems.append(f"d_mlp must be a positive integer unless attn_only, got {self.d_mlp!r}")
         if self.rotary_dim is None:
