@@ -2,8 +2,8 @@
 
 For every layer, head and answer-predicting position, the head's ``hook_z`` there (its d_head mixed
 values; the head's contribution to the residual stream is z W_O, a linear map of it) is the feature.
-For every column c, three targets: BA_c (10 classes), MC1_c and MS9_c (2 classes). A multinomial
-logistic regression (L2, fitted by L-BFGS on standardised features) is trained on one set of uniform
+For every column c, three targets: BA_c (10 classes), MC1_c and MS9_c (2 classes). A linear classifier
+(ridge regression onto one-hot classes, on standardised features) is trained on one set of uniform
 random questions and scored on a disjoint held-out set. On uniform questions the columns are
 independent, so a probe cannot read column c's sub-result off another column's digits.
 
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from assay.addition import rules
 from assay.addition.evaluate import example_tensor
@@ -46,39 +45,27 @@ def probe_labels(a: np.ndarray, b: np.ndarray, n_digits: int) -> dict[tuple[str,
 
 
 def fit_probes(x_train: np.ndarray, y_train: dict[Any, np.ndarray], x_test: np.ndarray,
-               y_test: dict[Any, np.ndarray], l2: float = 1e-3, iters: int = 200) -> dict[Any, float]:
+               y_test: dict[Any, np.ndarray], ridge: float = 1e-2) -> dict[Any, float]:
     """Fit one linear classifier per target on shared features; return held-out accuracy per target.
 
-    All targets are fitted jointly (one L-BFGS over the concatenated weights; the targets' losses are
-    independent, so this equals fitting them one by one).
+    Each classifier is a ridge regression onto the one-hot class indicators (with a bias), predicting
+    the class of largest output: closed form, deterministic, one linear solve shared by every target.
+    ``ridge`` is relative to the mean squared feature (features are standardised).
     """
     mu, sd = x_train.mean(axis=0), x_train.std(axis=0) + 1e-8
-    xtr = torch.from_numpy((x_train - mu) / sd)
-    xte = torch.from_numpy((x_test - mu) / sd)
+    xtr = np.hstack([(x_train - mu) / sd, np.ones((len(x_train), 1))])
+    xte = np.hstack([(x_test - mu) / sd, np.ones((len(x_test), 1))])
     keys = list(y_train)
     n_cls = [int(max(y_train[k].max(), y_test[k].max())) + 1 for k in keys]
     bounds = np.cumsum([0] + n_cls)
-    d = xtr.shape[1]
-    # One weight matrix for every target's classes; each target's loss reads only its own slice.
-    W = torch.zeros(d, int(bounds[-1]), dtype=torch.float64, requires_grad=True)
-    B = torch.zeros(int(bounds[-1]), dtype=torch.float64, requires_grad=True)
-    ytr = [torch.from_numpy(y_train[k]) for k in keys]
-    opt = torch.optim.LBFGS([W, B], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logits = xtr @ W + B
-        loss = l2 * W.pow(2).sum()
-        for j, y in enumerate(ytr):
-            loss = loss + F.cross_entropy(logits[:, bounds[j] : bounds[j + 1]], y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        logits = xte @ W + B
-        return {k: float((logits[:, bounds[j] : bounds[j + 1]].argmax(-1).numpy() == y_test[k]).mean())
-                for j, k in enumerate(keys)}
+    y = np.zeros((len(xtr), int(bounds[-1])))
+    for j, k in enumerate(keys):
+        y[np.arange(len(xtr)), bounds[j] + y_train[k]] = 1.0
+    gram = xtr.T @ xtr + ridge * len(xtr) * np.eye(xtr.shape[1])
+    w = np.linalg.solve(gram, xtr.T @ y)
+    out = xte @ w
+    return {k: float((out[:, bounds[j] : bounds[j + 1]].argmax(axis=1) == y_test[k]).mean())
+            for j, k in enumerate(keys)}
 
 
 def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:

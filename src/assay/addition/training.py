@@ -137,7 +137,9 @@ def train_addition(
     finally:
         handle.remove()
     if log_path.is_file():
-        rows = read_digit_log(log_path)
+        final = json.loads((path / "card.json").read_text()).get("steps") if (path / "card.json").is_file() else None
+        # a run stopped after its last checkpoint and resumed may have logged steps past the end
+        rows = [r for r in read_digit_log(log_path) if final is None or r["step"] <= final]
         tmp = path / (DIGIT_LOG + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.replace(path / DIGIT_LOG)
