@@ -266,7 +266,7 @@ def train(
     opt = make_optimizer(model, p)
 
     state = {"step": 0, "wall_seconds": 0.0, "train_seconds": 0.0, "tokens_seen": 0, "examples_seen": 0,
-             "sessions": 1, "history": []}
+             "sessions": 1, "history": [], "git_commit": _git_commit()}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -384,7 +384,7 @@ def train(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "assay_version": assay.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": state.get("git_commit"),  # HEAD when the run started
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     model.eval()
