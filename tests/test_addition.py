@@ -475,3 +475,34 @@ def test_analysis_report_renders_on_a_tiny_model(tmp_path):
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["failures"]["n"] == 600
     assert all((tmp_path / "rep" / "figures" / f).is_file() for f in s["figures"].values())
     assert Path(s["out"]) == tmp_path / "rep"
+
+
+def test_demo_section_on_a_stand_in_shipped_model(tmp_path, monkeypatch):
+    from assay.addition import demo
+    from assay.addition.card import record_eval, training_facts
+    from assay.model import save
+    from assay.report.demo import DemoContext
+
+    root = tmp_path / "models"
+    card = {"recipe": "addition-1l", "steps": 20, "metrics": {"val_loss": 0.5, "val_accuracy": 0.1},
+            "history": [{"step": 10, "val_loss": 0.02, "wall_seconds": 5.0},
+                        {"step": 20, "val_loss": 0.009, "wall_seconds": 9.5}],
+            "throughput": {"examples_per_second": 100.0, "steps_per_second": 1.5, "num_threads": 1},
+            "wall_seconds": 10.0, "sessions": 1}
+    save(tiny_addition_model(), root / "addition-1l", card=card)
+    (root / "addition-1l" / DIGIT_LOG).write_text("".join(
+        json.dumps({"step": s, **{f"loss_A{k}": 2.0 / s for k in range(6)}, "loss_BA": 1.0 / s}) + "\n"
+        for s in range(10, 210, 10)))
+    record_eval(root / "addition-1l", {"n": 100, "accuracy": 0.5, "ci95": [0.4, 0.6], "loss": 0.7})
+    facts = training_facts(json.loads((root / "addition-1l" / "card.json").read_text()))
+    assert facts["time_to_target"] == {"step": 20, "wall_seconds": 9.5}
+    assert facts["eval_random"]["n"] == 100
+    monkeypatch.setattr(demo, "N_UNIFORM", 300)
+    monkeypatch.setattr(demo, "N_CATEGORY", 20)
+    monkeypatch.setattr(demo, "N_ABLATION", 16)
+    monkeypatch.setenv("ASSAY_MODELS", str(root))
+    (tmp_path / "out" / "figures").mkdir(parents=True)
+    html = demo.section(DemoContext(out=tmp_path / "out", fig_dir=tmp_path / "out" / "figures"))
+    assert "addition-1l" in html and "cascade" in html and "step 20, 9.5 s" in html
+    assert (tmp_path / "out" / "figures" / "addition-1l-attention.png").is_file()
+    assert (tmp_path / "out" / "figures" / "addition-1l-curves.png").is_file()

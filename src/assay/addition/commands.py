@@ -55,6 +55,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--questions", metavar="FILE", help="one question a line, e.g. 12345+67890")
     src.add_argument("--random", type=pos_int, metavar="N", help="N uniform random questions")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random questions (default 0)")
+    p.add_argument("--card", action="store_true",
+                   help="with --random: record the result in the model's card.json (key eval_random)")
     _threads_arg(p)
 
 
@@ -71,6 +73,8 @@ def eval_cmd(args: argparse.Namespace) -> Outcome:
     _set_threads(args)
     model = load_model(args.model)
     n = n_digits_of(model)
+    if args.card and args.random is None:
+        raise BadInput("--card records an evaluation on --random questions only")
     if args.questions is not None:
         a, b = read_questions(args.questions, n)
         source = args.questions
@@ -80,6 +84,11 @@ def eval_cmd(args: argparse.Namespace) -> Outcome:
     r = evaluate(model, a, b, n)
     data = {"model": args.model, "source": source, "n": r["n"], "accuracy": r["accuracy"], "ci95": r["ci95"],
             "loss": r["loss"], "by_category": r["by_category"], "per_digit": r["per_digit"]}
+    if args.card:
+        from assay.addition.card import record_eval
+
+        data["card"] = str(record_eval(model.source_dir, {**{k: v for k, v in data.items() if k != "model"},
+                                                          "seed": args.seed}))
     lines = [f"{args.model} on {source}: accuracy {r['accuracy']:.5f} "
              f"[{r['ci95'][0]:.5f}, {r['ci95'][1]:.5f}], loss {r['loss']:.5g}"]
     for c, v in r["by_category"].items():
