@@ -420,3 +420,24 @@ def test_analysis_of_a_random_model_is_consistent(small_config, random_model):
     assert len(j["pairs"]) == n_pairs
     assert {r["component"] for r in j["dla_vs_total"]} == {c.name for c in C.components(model)}
     assert len(j["residual_projection"]) == len(a.focus) * 3 * model.cfg.n_layers
+
+
+def test_imported_gpt2_architecture(tmp_path):
+    """An imported GPT-2 (random init; nothing pretrained is available offline): the analysis runs and DLA
+    adds up to the logit difference of transformers' own forward pass."""
+    transformers = pytest.importorskip("transformers")
+    from assay.model import from_hf_gpt2
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(cfg).double().eval()
+    model = from_hf_gpt2(hf)
+    toks = torch.tensor([[5, 17, 3, 42, 8, 8, 21, 30]])
+    with torch.no_grad():
+        hf_logits = hf(toks).logits
+    target = next_token_target(toks, hf_logits)
+    d = dla(model, toks, target)
+    assert torch.allclose(d.terms.sum(0), logit_difference(hf_logits, target), atol=1e-9)
+    a = analyze(model, [[5, 17, 3, 42, 8], [8, 21, 30, 1, 2, 3]])
+    assert len(a.pair_stats) > 0 and a.dla_error < 1e-9
