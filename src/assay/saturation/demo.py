@@ -105,6 +105,7 @@ def saturation_figure(metered: dict[str, dict[str, Any]], run: dict[str, Any], p
     ax.set_title("saturation per layer against c")
     ax.legend(fontsize=6)
     ax1.set_ylim(-0.05, 1.05)
+    ax1.set_xticks(range(max(len(res["layers"]) for res in metered.values())))
     ax1.set_xlabel("layer")
     ax1.set_title("per-layer cosine at c = 1")
     ax1.legend(fontsize=7)
