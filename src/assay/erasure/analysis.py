@@ -91,6 +91,7 @@ class Analysis:
     model_name: str
     n_prompts: int
     n_positions: int
+    n_intervention_prompts: int
     comps: list[C.Component]
     writers: list[C.Component]
     rule: ErasureRule
@@ -100,7 +101,7 @@ class Analysis:
     hooks: list[str]
     resid_proj: dict[str, np.ndarray]  # writer -> [n_hooks, 3] (q25, median, q75)
     focus: list[str]
-    dla_points: np.ndarray  # [n_comp, N] DLA at every target position
+    dla_points: np.ndarray  # [n_comp, N] DLA at every target position of the intervention prompts
     te_resample: np.ndarray  # [n_comp, N]
     te_mean: np.ndarray  # [n_comp, N]
     causal: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +156,7 @@ class Analysis:
             "model": self.model_name,
             "n_prompts": self.n_prompts,
             "n_positions": self.n_positions,
+            "n_intervention_prompts": self.n_intervention_prompts,
             "dla_mode": self.mode,
             "dla_max_residual": self.dla_error,
             "rule": {"threshold": self.rule.threshold, "consistency": self.rule.consistency,
@@ -211,11 +213,16 @@ def analyze(
     rule: ErasureRule | None = None,
     mode: str = "frozen",
     max_focus: int = 3,
+    intervention_prompts: int | None = None,
     adversarial_k: int = 5,
     decode: Callable[[list[int]], str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Analysis:
-    """Run the whole erasure analysis of ``model`` on ``prompts`` (lists of token ids); see the module doc."""
+    """Run the whole erasure analysis of ``model`` on ``prompts`` (lists of token ids); see the module doc.
+
+    ``intervention_prompts``: run the second pass (ablations, patches) on the first this many prompts only
+    (the projection-ratio statistics always use every prompt; resample sources and means come from all).
+    """
     rule = rule or ErasureRule()
     mode = resolve_mode(model, mode)
     comps = C.components(model)
@@ -299,7 +306,8 @@ def analyze(
             source = "all heads in later layers (none flagged)"
         eraser_sets[wname] = (erasers, source)
     adv_rows: list[dict[str, Any]] = []
-    for i, t in enumerate(toks):
+    n_int = len(toks) if intervention_prompts is None else max(1, min(intervention_prompts, len(toks)))
+    for i, t in enumerate(toks[:n_int]):
         p = t.shape[1]
         m = targets[i].mask()[0].numpy()
         rs = ablation_effects(model, t, targets[i], comps, store.resample(i, order[i], p))
@@ -342,7 +350,7 @@ def analyze(
                 adv_rows.append({"writer": wname, "prompt": i, "position": int(pos),
                                  "dla": float(dla_chunks[i][wi, k]), "total_effect": float(te_r[i][wi, k])})
         if (i + 1) % 10 == 0:
-            log(f"ablations and patches {i + 1}/{len(toks)}")
+            log(f"ablations and patches {i + 1}/{n_int}")
     t2 = time.perf_counter()
 
     causal = []
@@ -376,9 +384,10 @@ def analyze(
     t3 = time.perf_counter()
     n_pos = int(sum(c.shape[1] for c in dla_chunks))
     return Analysis(
-        model_name=model.cfg.model_name, n_prompts=len(toks), n_positions=n_pos, comps=comps, writers=writers,
+        model_name=model.cfg.model_name, n_prompts=len(toks), n_positions=n_pos,
+        n_intervention_prompts=n_int, comps=comps, writers=writers,
         rule=rule, mode=mode, pair_stats=stats, pr_median=pr_median, hooks=hooks, resid_proj=resid_proj, focus=focus,
-        dla_points=np.concatenate(dla_chunks, axis=1), te_resample=np.concatenate(te_r, axis=1),
+        dla_points=np.concatenate(dla_chunks[:n_int], axis=1), te_resample=np.concatenate(te_r, axis=1),
         te_mean=np.concatenate(te_m, axis=1), causal=causal, vcomp=vfits, vcomp_points=vcomp_points,
         v_composition=vc, adversarial=adversarial,
         seconds={"clean": round(t1 - t0, 3), "interventions": round(t2 - t1, 3), "weights": round(t3 - t2, 3),

@@ -79,6 +79,8 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="erasure rule: fraction of prompts with negative median PR (default 0.8)")
     p.add_argument("--min-rel-norm", type=pos_float, default=0.05,
                    help="erasure rule: writer norm / residual norm at least this (default 0.05)")
+    p.add_argument("--intervene", type=pos_int, default=None, metavar="N",
+                   help="run ablations and path patches on the first N prompts only (default: all)")
     p.add_argument("--threads", type=pos_int, default=1,
                    help="torch threads (default 1: many small passes run fastest on one thread of a busy machine)")
     p.add_argument("--top", type=nonneg_int, default=50, help="pairs listed (most negative first; 0: all; default 50)")
@@ -101,7 +103,8 @@ def erasure_cmd(args: argparse.Namespace) -> Outcome:
     decode = (lambda ids: tok.decode(ids)) if tok is not None else None
     rule = ErasureRule(threshold=args.threshold, consistency=args.consistency, min_rel_norm=args.min_rel_norm)
     with torch_threads(args.threads):
-        a = analyze(model, prompts, writer=writer, rule=rule, mode=args.dla, decode=decode)
+        a = analyze(model, prompts, writer=writer, rule=rule, mode=args.dla, decode=decode,
+                    intervention_prompts=args.intervene)
     data = {"model_arg": args.model, **a.to_json(top=args.top, writer=writer)}
     return Outcome(data, text=summary_text(data))
 
