@@ -42,13 +42,13 @@ def _args(p: argparse.ArgumentParser) -> None:
                          "default when the model has a LayerNorm in front of this attention")
     ln.add_argument("--no-layernorm", dest="layernorm", action="store_false",
                     help="inputs are what the attention reads, in the ball of radius R")
-    p.add_argument("--n", type=pos_int, default=16, metavar="N", help="number of tokens (default 16)")
+    p.add_argument("--n", type=pos_int, metavar="N", help="number of tokens (default 16; sweep: the largest n)")
     p.add_argument("--radius", type=_radius, metavar="R",
                    help="radius of the token set (default: sqrt(d) with LayerNorm, else the largest real input norm)")
     p.add_argument("--input", choices=("random", "text", "adversarial"), default="random",
                    help="where 'local' is measured: a random point, real text, or the adversarial search's best")
     p.add_argument("--save-input", metavar="FILE", help="write the input attaining 'lower' (.npy, [n, d])")
-    p.add_argument("--steps", type=nonneg_int, default=40, metavar="S", help="ascent steps (default 40)")
+    p.add_argument("--steps", type=nonneg_int, metavar="S", help="ascent steps (default 40; sweep: its plan's)")
     p.add_argument("--exact", action="store_true", help="local: full Jacobian + SVD instead of power iteration")
     p.add_argument("--text", metavar="FILE", help="real text to use (default: KJV if installed, else a sample)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
@@ -96,7 +96,8 @@ def lipschitz_cmd(args: argparse.Namespace) -> Outcome:
         from assay.lipschitz.sweep import run_sweep
 
         with torch_threads(1):
-            summary = run_sweep(args.out, quick=args.quick, configs=args.models, seed=args.seed)
+            summary = run_sweep(args.out, quick=args.quick, configs=args.models, seed=args.seed, max_n=args.n,
+                                steps=args.steps)
         return Outcome(summary, text=f"wrote {summary['report']}")
     if args.layer is None:
         raise BadInput("--layer is required (e.g. assay lipschitz MODEL --layer 0)")
@@ -107,9 +108,10 @@ def lipschitz_cmd(args: argparse.Namespace) -> Outcome:
 
     model = load_model(args.model)
     with torch_threads(1):
-        res = analyze(model, args.layer, head=args.head, masked=args.masked, layernorm=args.layernorm, n=args.n,
-                      radius=args.radius, input_kind=args.input, steps=args.steps, seed=args.seed,
-                      exact=args.exact, text=args.text)  # fmt: skip
+        res = analyze(model, args.layer, head=args.head, masked=args.masked, layernorm=args.layernorm,
+                      n=args.n or 16, radius=args.radius, input_kind=args.input,
+                      steps=40 if args.steps is None else args.steps, seed=args.seed, exact=args.exact,
+                      text=args.text)  # fmt: skip
     data = res.as_dict()
     data["model"] = args.model
     data["saved_input"] = None

@@ -205,15 +205,17 @@ def adversarial_curve(
 def _plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"text_ns": [2, 4, 8, 16, 32, 64], "windows": 2, "adv_ns": [2, 4, 8, 16, 32], "steps": 12,
-                "radius_ns": [2, 4, 8, 16, 32], "radius_steps": 10, "radii": (1.0, 4.0, 15.5)}  # fmt: skip
+                "radius_ns": [2, 4, 8, 16, 32], "radius_steps": 10, "radii": (1.0, 15.5)}  # fmt: skip
     return {"text_ns": [2, 4, 8, 16, 32, 64, 128, 256, 512], "windows": 4, "adv_ns": [2, 4, 8, 16, 32, 64, 128],
             "steps": 30, "radius_ns": [2, 4, 8, 16, 32, 64, 128], "radius_steps": 20,
             "radii": (0.5, 1.0, 2.0, 4.0, 8.0, 15.5, 30.0)}  # fmt: skip
 
 
 def run_sweep(out: str | Path, quick: bool = False, configs: str | None = None, seed: int = 0,
-              plan: dict[str, Any] | None = None) -> dict[str, Any]:
+              plan: dict[str, Any] | None = None, max_n: int | None = None, steps: int | None = None) -> dict[str, Any]:
     """Run the sweep, write ``out/`` (results.json, figures, index.html) atomically; return a summary.
+
+    ``max_n`` caps every n grid; ``steps`` overrides the plan's ascent steps.
 
     The summary has ``report`` (index.html), ``results`` (results.json), ``fits`` ({curve: fit}) and
     ``skipped`` (configurations that could not run, with the reason).
@@ -221,7 +223,12 @@ def run_sweep(out: str | Path, quick: bool = False, configs: str | None = None, 
     from assay.fileutil import atomic_directory
 
     t0 = time.perf_counter()
-    plan = plan or _plan(quick)
+    plan = dict(plan or _plan(quick))
+    if max_n is not None:
+        for k in ("text_ns", "adv_ns", "radius_ns"):
+            plan[k] = [n for n in plan[k] if n <= max_n] or [max_n]
+    if steps is not None:
+        plan["steps"] = plan["radius_steps"] = steps
     specs = [s for s in (configs.split(",") if configs else DEFAULT_CONFIGS) if s.strip()]
     cfgs, skipped = [], []
     for spec in specs:
