@@ -506,3 +506,19 @@ def test_demo_section_on_a_stand_in_shipped_model(tmp_path, monkeypatch):
     assert "addition-1l" in html and "cascade" in html and "step 20, 9.5 s" in html
     assert (tmp_path / "out" / "figures" / "addition-1l-attention.png").is_file()
     assert (tmp_path / "out" / "figures" / "addition-1l-curves.png").is_file()
+
+
+def test_nonlinear_probe_reads_ba_from_a_mixed_digit_pair_that_a_linear_probe_cannot():
+    rng = np.random.default_rng(15)
+    a, b = addition.random_operands(rng, 3000)
+    labels = probes.probe_labels(a, b, 5)
+    emb = rng.standard_normal((10, 6))
+    x = 0.5 * emb[rules.column_digits(a)[:, 2]] + 0.5 * emb[rules.column_digits(b)[:, 2]]  # a head reading pair 2
+    tr, te = slice(0, 2000), slice(2000, None)
+    ytr, yte = {k: v[tr] for k, v in labels.items()}, {k: v[te] for k, v in labels.items()}
+    lin = probes.fit_probes(x[tr], ytr, x[te], yte)
+    ftr, fte = probes.random_relu_features(x[tr], x[te])
+    nonlin = probes.fit_probes(ftr, ytr, fte, yte, ridge=1e-3)
+    assert lin[("BA", 2)] < 0.6 < 0.95 < nonlin[("BA", 2)]
+    assert nonlin[("MC1", 2)] > 0.95 and nonlin[("MS9", 2)] > 0.95
+    assert nonlin[("BA", 3)] < 0.2  # column 3 is not in x

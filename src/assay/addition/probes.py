@@ -2,14 +2,22 @@
 
 For every layer, head and answer-predicting position, the head's ``hook_z`` there (its d_head mixed
 values; the head's contribution to the residual stream is z W_O, a linear map of it) is the feature.
-For every column c, three targets: BA_c (10 classes), MC1_c and MS9_c (2 classes). A linear classifier
-(ridge regression onto one-hot classes, on standardised features) is trained on one set of uniform
-random questions and scored on a disjoint held-out set. On uniform questions the columns are
-independent, so a probe cannot read column c's sub-result off another column's digits.
+For every column c, three targets: BA_c (10 classes), MC1_c and MS9_c (2 classes). Two probes per
+target, each trained on one set of uniform random questions and scored on a disjoint held-out set:
+
+- *linear*: ridge regression onto one-hot classes, on standardised features; is the sub-result
+  directly readable off the head's output?
+- *nonlinear*: the same on 1,024 fixed random ReLU features of the standardised z (a random-features
+  approximation of a kernel probe); is the sub-result in the head's output at all, for a reader as
+  capable as one MLP layer? BA (a sum mod 10) is not a linear function of two mixed digit embeddings,
+  so a head that reads a digit pair carries BA for the MLP without BA being linearly readable.
+
+On uniform questions the columns are independent, so a probe cannot read column c's sub-result off
+another column's digits.
 
 ``skill`` = (accuracy - majority baseline) / (1 - majority baseline): 0 is no better than always
 guessing the commonest class, 1 is perfect. A head is said to *carry* a sub-result at a position when
-its held-out skill is at least ``CARRY_SKILL``.
+its nonlinear probe's held-out skill is at least ``CARRY_SKILL``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,17 @@ from assay.tasks import addition
 
 TARGETS = ("BA", "MC1", "MS9")
 CARRY_SKILL = 0.8
+N_RANDOM_FEATURES = 1024
+
+
+def random_relu_features(x_train: np.ndarray, x_test: np.ndarray, n: int = N_RANDOM_FEATURES,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return ReLU(x W + c) for standardised x and a fixed Gaussian W [d, n], c ~ N(0, 1), on both sets."""
+    mu, sd = x_train.mean(axis=0), x_train.std(axis=0) + 1e-8
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((x_train.shape[1], n)) / np.sqrt(x_train.shape[1])
+    c = rng.standard_normal(n)
+    return (np.maximum((x_train - mu) / sd @ w + c, 0.0), np.maximum((x_test - mu) / sd @ w + c, 0.0))
 
 
 def head_features(model: Any, a: np.ndarray, b: np.ndarray, n_digits: int) -> np.ndarray:
@@ -85,11 +104,16 @@ def probe_heads(model: Any, train: tuple[np.ndarray, np.ndarray], test: tuple[np
     for layer in range(n_layers):
         for head in range(n_heads):
             for i in range(n_q):
-                acc = fit_probes(ftr[layer, head, i], ytr, fte[layer, head, i], yte)
-                for (t, c), v in acc.items():
+                xtr, xte = ftr[layer, head, i], fte[layer, head, i]
+                lin = fit_probes(xtr, ytr, xte, yte)
+                rtr, rte = random_relu_features(xtr, xte)
+                nonlin = fit_probes(rtr, ytr, rte, yte, ridge=1e-3)
+                for (t, c), v in nonlin.items():
                     base = majority_baseline(ytr[(t, c)], yte[(t, c)])
                     rows.append({"layer": layer, "head": head, "digit": f"A{n_digits - i}", "target": t, "column": c,
-                                 "accuracy": v, "baseline": base, "skill": (v - base) / max(1e-9, 1 - base)})
+                                 "accuracy": v, "baseline": base, "skill": (v - base) / max(1e-9, 1 - base),
+                                 "accuracy_linear": lin[(t, c)],
+                                 "skill_linear": (lin[(t, c)] - base) / max(1e-9, 1 - base)})
     return rows
 
 

@@ -35,8 +35,8 @@ class Sizes:
     n_category: int = 256  # per category, head ablation
     n_reference: int = 512  # reference batch for mean ablation
     n_attention: int = 1024
-    n_probe_train: int = 2000
-    n_probe_test: int = 1000
+    n_probe_train: int = 4000
+    n_probe_test: int = 2000
 
 
 QUICK = Sizes(n_random=4000, n_ablation=96, n_category=96, n_reference=256, n_attention=256,
@@ -220,14 +220,17 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _needed_positions(r: dict[str, Any], n: int, factor: float = 10.0, floor: float = 0.05) -> dict[str, list[str]]:
-    """Return, per answer digit, the positions whose ablation raises its loss above max(floor, factor x baseline)."""
+NEEDED_INCREASE = 0.1  # nats
+
+
+def _needed_positions(r: dict[str, Any], n: int, increase: float = NEEDED_INCREASE) -> dict[str, list[str]]:
+    """Return, per answer digit, the positions whose ablation raises its loss by at least ``increase`` nats."""
     loss = np.asarray(r["loss"])
     base = np.asarray(r["baseline_loss"])
     out = {}
     for i in range(n + 1):
-        thr = max(floor, factor * base[i])
-        out[f"A{n - i}"] = [f"{p}:{attention.position_label(p, n)}" for p in range(loss.shape[0]) if loss[p, i] > thr]
+        out[f"A{n - i}"] = [f"{p}:{attention.position_label(p, n)}" for p in range(loss.shape[0])
+                            if loss[p, i] >= base[i] + increase]
     return out
 
 
@@ -262,7 +265,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines += ["## Position ablation", "",
               "Input ablation replaces the residual stream entering layer 0 at one position (token + position "
               "embedding); computation ablation replaces every attention and MLP output at one position. Listed: "
-              "positions whose ablation raises a digit's loss above max(0.05, 10 x its unablated loss).", ""]
+              f"positions whose ablation raises a digit's loss by at least {NEEDED_INCREASE} nats.", ""]
     for r in s["position_ablation"]:
         lines += [f"**{r['kind']} / {r['mode']}**", "",
                   _md_table(["digit", "positions it needs"],
@@ -281,7 +284,8 @@ def render_markdown(s: dict[str, Any]) -> str:
             d = f"A{n - i}"
             r = next(x for x in s["attention"]
                      if (x["layer"], x["head"], x["digit"]) == (role["layer"], role["head"], d))
-            row.append(f"col {r['pair']} ({r['pair_weight']:.2f}), offset {role['offsets'][d]}")
+            row.append(", ".join(f"col {c} ({w:.2f})" for c, w in list(r["columns"].items())[:2])
+                       + f"; offset {role['offsets'][d]}")
         rows.append(row)
     lines += [_md_table(header, rows), "", f"![attention](figures/{s['figures']['attention']})", ""]
 
@@ -311,12 +315,19 @@ def render_markdown(s: dict[str, Any]) -> str:
               "", _md_table(["head"] + [f"P{2 * n + 1 + i} → A{n - i}" for i in range(n + 1)], rows), ""]
 
     lines += ["## Probes: which sub-results each head's output carries", "",
-              f"Held-out accuracy of linear probes on each head's z at each answer-predicting position; listed: "
-              f"sub-results with skill >= {probes.CARRY_SKILL} (skill = (acc − majority) / (1 − majority)).", ""]
+              "Probes on each head's z at each answer-predicting position, trained and scored on disjoint uniform "
+              "questions (see docs/addition.md). Listed: sub-results whose nonlinear (random-features) probe has "
+              f"held-out skill >= {probes.CARRY_SKILL} (skill = (acc − majority) / (1 − majority)); in brackets, "
+              "those a linear probe also reads at that skill.", ""]
     rows = []
+    lin = {(r["layer"], r["head"], r["digit"], f"{r['target']}{r['column']}") for r in s["probes"]
+           if r["skill_linear"] >= probes.CARRY_SKILL}
     for role in s["head_roles"]:
         row = [f"L{role['layer']}H{role['head']}"]
-        row += [", ".join(role["carried"][f"A{n - i}"]) or "—" for i in range(n + 1)]
+        for i in range(n + 1):
+            d = f"A{n - i}"
+            items = [x + (" (lin)" if (role["layer"], role["head"], d, x) in lin else "") for x in role["carried"][d]]
+            row.append(", ".join(items) or "—")
         rows.append(row)
     lines += [_md_table(["head"] + [f"A{n - i}" for i in range(n + 1)], rows), "",
               f"![probes](figures/{s['figures']['probes']})", ""]
