@@ -198,6 +198,7 @@ def test_planted_pair_is_found_and_nothing_else(planted_analysis):
     s = flagged[0]
     assert s.pr_median == pytest.approx(-1.0, abs=0.03)
     assert -1.1 < s.pr_q25 <= s.pr_q75 < -0.9
+    assert not any(t.mirror_flagged for t in a.pair_stats)
     others = [t for t in a.pair_stats if (t.writer, t.eraser) != (w, e)]
     assert others and max(abs(t.pr_median) for t in others) < 1e-9
     # The residual stream's projection onto the writer: 0 before, 1 once written, ~0 after the eraser.

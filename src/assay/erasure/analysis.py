@@ -162,6 +162,8 @@ class Analysis:
             "rule": {"threshold": self.rule.threshold, "consistency": self.rule.consistency,
                      "min_rel_norm": self.rule.min_rel_norm},
             "n_flagged": len(self.flagged()),
+            "n_mirror_flagged": sum(s.mirror_flagged for s in self.pair_stats),
+            "n_pairs": len(self.pair_stats),
             "flagged": [s.as_dict() for s in self.flagged()],
             "pairs": [{**s.as_dict(), "pr_median": _f(s.pr_median), "pr_q25": _f(s.pr_q25), "pr_q75": _f(s.pr_q75)}
                       for s in pairs],

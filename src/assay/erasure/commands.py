@@ -113,7 +113,8 @@ def summary_text(d: dict[str, Any]) -> str:
     """Return a short human-readable summary of the JSON report."""
     lines = [f"{d['model']}: {d['n_prompts']} prompts, {d['n_positions']} target positions; "
              f"DLA ({d['dla_mode']}) adds up to within {d['dla_max_residual']:.2g}"]
-    lines.append(f"flagged writer -> eraser pairs: {d['n_flagged']}")
+    lines.append(f"flagged writer -> eraser pairs: {d['n_flagged']} of {d['n_pairs']} "
+                 f"(mirrored rule, consistent amplifiers: {d['n_mirror_flagged']})")
     for s in d["flagged"][:10]:
         lines.append(f"  {s['writer']} -> {s['eraser']}: PR median {s['pr_median']:+.3f} "
                      f"[{s['pr_q25']:+.3f}, {s['pr_q75']:+.3f}]")

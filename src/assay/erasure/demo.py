@@ -37,7 +37,9 @@ def tables(a: Analysis, top: int = 8) -> str:
              f"{p['frac_prompts_negative']:.2f}", "yes" if p["flagged"] else "no"] for p in j["pairs"][:top]]
     parts.append(f"<p>{len(flagged)} writer &rarr; eraser pair(s) flagged by the rule (median PR &le; "
                  f"{a.rule.threshold}, upper quartile &lt; 0, negative in &ge; {a.rule.consistency:.0%} of prompts, "
-                 f"writer norm &ge; {a.rule.min_rel_norm} of the residual norm). Most negative pairs:</p>")
+                 f"writer norm &ge; {a.rule.min_rel_norm} of the residual norm), out of {j['n_pairs']} pairs; the same "
+                 f"rule with signs flipped (consistent amplifiers, the null count) passes {j['n_mirror_flagged']}. "
+                 "Most negative pairs:</p>")
     parts.append(table(["writer", "reader", "median PR", "quartiles", "prompts < 0", "flagged"], rows))
     for c in j["causal"]:
         parts.append(

@@ -21,7 +21,12 @@ pair (W, E) is flagged when, over all prompts x positions,
 4. W matters: its median norm is at least ``min_rel_norm`` (default 0.05) of the median residual norm
    at the last layer, so that near-silent writers are not reported.
 
-Flagged pairs are ranked by median PR, most negative first.
+Flagged pairs are ranked by median PR, most negative first. The same rule with every sign flipped
+(median >= +0.05, lower quartile > 0, positive in 80% of prompts) counts consistent *amplifiers*: the
+null count. A fixed linear map (an MLP near its linear regime, a head attending to one place) gives
+each pair a consistent PR of random sign, so in a random-init model about as many pairs pass the
+mirrored rule as the rule itself; erasure is evidence of learned clean-up only where flagged pairs
+clearly outnumber mirrored ones.
 """
 
 from __future__ import annotations
@@ -99,11 +104,12 @@ class PairStats:
     frac_prompts_negative: float
     n: int
     flagged: bool = False
+    mirror_flagged: bool = False  # the rule with signs flipped: a consistent *amplifier* (the null count)
 
     def as_dict(self) -> dict:
         return {"writer": self.writer, "eraser": self.eraser, "pr_median": self.pr_median, "pr_q25": self.pr_q25,
                 "pr_q75": self.pr_q75, "frac_prompts_negative": self.frac_prompts_negative, "n": self.n,
-                "flagged": self.flagged}
+                "flagged": self.flagged, "mirror_flagged": self.mirror_flagged}
 
 
 @dataclass
@@ -140,10 +146,12 @@ class PRCollector:
             q25, med, q75 = quartiles(allv)
             per_prompt = [np.nanmedian(c) for c in chunks if np.isfinite(c).any()]
             frac = float(np.mean(np.asarray(per_prompt) < 0)) if per_prompt else float("nan")
+            frac_pos = float(np.mean(np.asarray(per_prompt) > 0)) if per_prompt else float("nan")
             wnorm = float(np.median(np.concatenate(self.writer_norms[wi])))
-            flagged = bool(med <= rule.threshold and q75 < 0 and frac >= rule.consistency
-                           and wnorm >= rule.min_rel_norm * resid_med)
+            matters = wnorm >= rule.min_rel_norm * resid_med
+            flagged = bool(med <= rule.threshold and q75 < 0 and frac >= rule.consistency and matters)
+            mirror = bool(med >= -rule.threshold and q25 > 0 and frac_pos >= rule.consistency and matters)
             out.append(PairStats(self.writers[wi].name, self.comps[ci].name, med, q25, q75, frac,
-                                 int(np.isfinite(allv).sum()), flagged))
+                                 int(np.isfinite(allv).sum()), flagged, mirror))
         out.sort(key=lambda s: (np.inf if np.isnan(s.pr_median) else s.pr_median))
         return out
