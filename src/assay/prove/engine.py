@@ -53,6 +53,8 @@ class PosKV:
     V: np.ndarray
     Vbox: np.ndarray
     exact: bool  # one variant known up to rounding: attended to as an anchor
+    rot_pos: int | None = None  # keys stored unrotated: score with the query rotated back by this position
+    share: object = None  # positions with equal `share` hold the same value rows (deduplicated vertices)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Options:
     """Knobs of the bound; recorded in the certificate so that the checker follows the same recipe."""
 
     n_refine: int = 8  # always evaluate the exact support for this many worst competitors
-    max_refine: int = 256  # at most this many exact evaluations per case
+    max_refine: int = 64  # at most this many non-positive competitors get exact evaluations per case
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine}
@@ -231,10 +233,30 @@ class Engine:
     def free_kv(self, i: int, layer: int) -> PosKV:
         key = (i, layer)
         if key not in self._free_kv:
-            kv = self._kv_of_sets(layer, self.free_sets(i, layer), self.n_fix + i)
-            kv.exact = False if len(self.allowed) > 1 else kv.exact
+            if layer == 0 and self.W.W_pos is None and len(self.allowed) > 1:
+                kv = self._free_kv0(i)
+            else:
+                kv = self._kv_of_sets(layer, self.free_sets(i, layer), self.n_fix + i)
+                kv.exact = False if len(self.allowed) > 1 else kv.exact
             self._free_kv[key] = kv
         return self._free_kv[key]
+
+    def _free_kv0(self, i: int) -> PosKV:
+        """Layer-0 keys/values of a free position when nothing but RoPE depends on the position: the
+        unrotated keys and the values of every allowed token are computed once and shared; scores use
+        (R_p q) . (R_i k) = (R_{-i} R_p q) . k."""
+        if not hasattr(self, "_base0"):
+            x, xerr = self._embed(self.allowed, np.zeros(len(self.allowed), dtype=np.int64))
+            lw = self.W.layers[0]
+            xn, xnerr = rules.ln_points(x, xerr, lw.ln1_w, lw.ln1_b, self.W.eps)
+            base = {}
+            for name in ("K", "V"):
+                Wm, bm = getattr(lw, f"W_{name}"), getattr(lw, f"b_{name}")
+                P, E = zip(*(rules.ball_affine(xn, xnerr, Wm[h], bm[h]) for h in range(self.h)), strict=True)
+                base[name] = (np.stack(P), np.stack(E))
+            self._base0 = base
+        (K, Ke), (V, Ve) = self._base0["K"], self._base0["V"]
+        return PosKV(K, Ke, V, Ve, exact=False, rot_pos=(self.n_fix + i) if self.rope else None, share="layer0")
 
     # ------------------------------------------------------------------ one layer at one position
     def _attention(self, layer: int, q, qbox, position: int, others: list[PosKV], n_anchor: int):
@@ -258,11 +280,32 @@ class Engine:
             o, obox, m, wa_lo = rules.anchor_average(s, srad, VA, VAb)
             rest_hi, rest_V, rest_Vb = [], None, None
             if rest:
+                seen, vs, vbs = set(), [], []
+                shared = [r for r in rest if r.rot_pos is not None]
                 for r in rest:
-                    rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
-                    rest_hi.append(np.nextafter(rs + rrad, np.inf))
-                rest_V = np.concatenate([r.V[h] for r in rest])
-                rest_Vb = np.concatenate([r.Vbox[h] for r in rest])
+                    if r.rot_pos is None:
+                        rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
+                        rest_hi.append(np.nextafter(rs + rrad, np.inf))
+                if shared:
+                    # Positions sharing unrotated keys: rotate the query back by each position, one product.
+                    rp = np.array([r.rot_pos for r in shared])
+                    cos, sin, cerr = rules.rope_cos_sin(-rp, self.cfg.rotary_dim, self.cfg.rotary_base)
+                    Qr, Qrb = rules.rotate(np.broadcast_to(q[h], (len(rp), self.k)),
+                                           np.broadcast_to(qbox[h], (len(rp), self.k)), cos, sin, cerr)
+                    for key in {id(r.K) for r in shared}:
+                        grp = [j for j, r in enumerate(shared) if id(r.K) == key]
+                        r0 = shared[grp[0]]
+                        S, Srad = rules.score_rows(Qr[grp], Qrb[grp], r0.K[h], r0.Kbox[h], self.scale)
+                        top = np.nextafter((S + Srad).max(axis=1), np.inf)
+                        rest_hi.extend(top[:, None])
+                for r in rest:
+                    key = id(r) if r.share is None else r.share
+                    if key not in seen:
+                        seen.add(key)
+                        vs.append(r.V[h])
+                        vbs.append(r.Vbox[h])
+                rest_V = np.concatenate(vs)
+                rest_Vb = np.concatenate(vbs)
             S, lam = rules.head_output_set(o, obox, m, wa_lo, rest_hi, rest_V, rest_Vb, lw.W_O[h])
             lams.append(lam)
             total = S if total is None else total.add(S)
