@@ -27,7 +27,14 @@ import torch
 
 from assay.erasure import components as C
 from assay.erasure.composition import v_composition_scores
-from assay.erasure.dla import LogitTarget, dla_from_cache, next_token_target, project_to_logits, resolve_mode
+from assay.erasure.dla import (
+    LogitTarget,
+    dla_from_cache,
+    logit_directions,
+    next_token_target,
+    project_to_logits,
+    resolve_mode,
+)
 from assay.erasure.patching import (
     SourceStore,
     ablation_effects,
@@ -321,8 +328,6 @@ def analyze(
         logits, cache = C.run_with_components(model, t)
         outs_clean = {c: C.component_output(model, cache, c)[0] for c in comps if c.in_residual}
         scale = cache["ln_final.hook_scale"] if mode == "frozen" else None
-        from assay.erasure.dla import logit_directions
-
         u, _ = logit_directions(model, targets[i])
         u = u.to(logits.dtype)
         for wname in focus:
