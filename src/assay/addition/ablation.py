@@ -120,7 +120,7 @@ def position_ablation(model: Any, a: np.ndarray, b: np.ndarray, n_digits: int, r
 
 
 def head_ablation(model: Any, sets: dict[str, tuple[np.ndarray, np.ndarray]], n_digits: int,
-                  ref: tuple[np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
+                  ref: tuple[np.ndarray, np.ndarray], modes: tuple[str, ...] = MODES) -> list[dict[str, Any]]:
     """Return rows {layer, head, mode, category, loss, accuracy} for each head ablated at every position.
 
     ``sets`` maps a category name to its questions; layer/head None is the unablated baseline.
@@ -131,7 +131,7 @@ def head_ablation(model: Any, sets: dict[str, tuple[np.ndarray, np.ndarray]], n_
     configs: list[tuple[int | None, int | None, str]] = [(None, None, "none")]
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
-            configs += [(layer, head, m) for m in MODES]
+            configs += [(layer, head, m) for m in modes]
     for layer, head, mode in configs:
         hooks = [] if layer is None else head_hooks(layer, head, None if mode == "zero" else means)
         for cat, (a, b) in sets.items():

@@ -53,7 +53,7 @@ def measure(model: Any, rng: np.random.Generator) -> dict[str, Any]:
             casc_rule = float((failures.token_order_to_int(pred_c) == rules.two_column_rule(x, y, n)).mean())
     ref = addition.random_operands(rng, 256, n)
     small = {c: (x[:N_ABLATION], y[:N_ABLATION]) for c, (x, y) in sets.items()}
-    heads = [r for r in ablation.head_ablation(model, small, n, ref) if r["mode"] != "zero"]
+    heads = ablation.head_ablation(model, small, n, ref, modes=("mean",))
     pats = attention.mean_patterns(model, *addition.random_operands(rng, 256, n), n)
     return {"n_digits": n, "uniform": uniform, "failures": fa, "by_category": by_cat, "cascade_rule": casc_rule,
             "heads": heads, "patterns": pats, "reads": attention.head_reads(pats, n)}
