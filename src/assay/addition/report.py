@@ -317,7 +317,7 @@ def render_markdown(s: dict[str, Any]) -> str:
     lines += ["## Probes: which sub-results each head's output carries", "",
               "Probes on each head's z at each answer-predicting position, trained and scored on disjoint uniform "
               "questions (see docs/addition.md). Listed: sub-results whose nonlinear (random-features) probe has "
-              f"held-out skill >= {probes.CARRY_SKILL} (skill = (acc − majority) / (1 − majority)); in brackets, "
+              f"held-out skill >= {probes.CARRY_SKILL} (skill = (acc − majority) / (1 − majority)); marked (lin): "
               "those a linear probe also reads at that skill.", ""]
     rows = []
     lin = {(r["layer"], r["head"], r["digit"], f"{r['target']}{r['column']}") for r in s["probes"]
