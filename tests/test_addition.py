@@ -426,6 +426,19 @@ def test_training_with_the_digit_log_gives_the_same_weights(tiny_recipe, tmp_pat
     r = recs[0]
     assert r["loss"] == pytest.approx(np.mean([r[f"loss_A{k}"] for k in range(4)]))
     assert sum(r.get(f"n_{c}", 0) for c in addition.CATEGORIES) == 3 * 16
+    assert json.loads((logged / "card.json").read_text())["time_to_loss"]["target_loss"] == 0.01
+
+
+def test_time_to_loss_reads_validation_and_training_batches():
+    from assay.addition.training import time_to_loss
+
+    history = [{"step": 0, "val_loss": 2.0, "wall_seconds": 0.0}, {"step": 100, "val_loss": 0.05, "wall_seconds": 50.0},
+               {"step": 200, "val_loss": 0.008, "wall_seconds": 110.0}]
+    log = [{"step": s, "loss": 1.0 / s} for s in range(10, 210, 10)]
+    t = time_to_loss(history, log, 0.01)
+    assert t["validation"] == {"step": 200, "wall_seconds": 110.0}
+    assert t["training_batches"]["step"] == 100 and t["training_batches"]["wall_seconds"] == pytest.approx(50.0)
+    assert time_to_loss(history, log, 1e-9) == {"target_loss": 1e-9, "validation": None, "training_batches": None}
 
 
 def test_resumed_training_keeps_one_record_per_step(tiny_recipe, tmp_path):

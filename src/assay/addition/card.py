@@ -36,6 +36,7 @@ def training_facts(card: dict[str, Any], target_loss: float = 0.01) -> dict[str,
         "eval_every": train.get("eval_every"),
         "target_loss": target_loss,
         "time_to_target": {"step": hit["step"], "wall_seconds": hit.get("wall_seconds")} if hit else None,
+        "time_to_loss": card.get("time_to_loss"),
         "n_parameters": card.get("n_parameters"),
         CARD_EVAL_KEY: card.get(CARD_EVAL_KEY),
     }

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from assay.addition import rules
+from assay.fileutil import atomic_write_text
 from assay.model import Transformer, models_dir
 from assay.recipes import AdditionData, get_recipe
 from assay.tasks import addition
@@ -143,7 +144,34 @@ def train_addition(
         tmp = path / (DIGIT_LOG + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.replace(path / DIGIT_LOG)
+    _record_time_to_loss(path)
     return path
+
+
+def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Return when training first reached ``target`` loss: on validation (every eval_every steps) and on the
+    training batches (10-step means from the digit log), with wall seconds interpolated between validation records."""
+    val = next((r for r in history if r.get("val_loss", float("inf")) <= target), None)
+    train_hit = next((r for r in digit_log if r.get("loss", float("inf")) <= target), None)
+    pts = [(r["step"], r["wall_seconds"]) for r in history if "wall_seconds" in r]
+    wall = None
+    if train_hit is not None and len(pts) >= 2:
+        steps, secs = zip(*pts, strict=True)
+        wall = float(np.interp(train_hit["step"], steps, secs))
+    return {
+        "target_loss": target,
+        "validation": {"step": val["step"], "wall_seconds": val.get("wall_seconds")} if val else None,
+        "training_batches": {"step": train_hit["step"], "wall_seconds": wall} if train_hit else None,
+    }
+
+
+def _record_time_to_loss(model_dir: Path, target: float = 0.01) -> None:
+    card_path = model_dir / "card.json"
+    if not card_path.is_file():
+        return
+    card = json.loads(card_path.read_text())
+    card["time_to_loss"] = time_to_loss(card.get("history", []), read_digit_log(model_dir / DIGIT_LOG), target)
+    atomic_write_text(card_path, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 def copy_digit_log(src_model: str | Path, dst_model: str | Path) -> None:
