@@ -148,8 +148,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
-        return self.hook_post(self.act(pre)) @ self.W_out + self.b_out
+        # Biases are added in place to the fresh matmul output: same values, one full-size copy fewer.
+        pre = self.hook_pre((x @ self.W_in).add_(self.b_in))
+        return (self.hook_post(self.act(pre)) @ self.W_out).add_(self.b_out)
 
 
 class Block(nn.Module):
@@ -213,7 +214,7 @@ class Unembed(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.W_U + self.b_U
+        return (x @ self.W_U).add_(self.b_U)  # in place: the logits [b, p, d_vocab] can be the largest tensor
 
 
 class Transformer(HookedRootModule):
