@@ -34,7 +34,7 @@ float64 with a relative safety factor (see its docstring), not in arb.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -63,10 +63,16 @@ class HeadConstants:
       ``c_norm >= ||W_K' b_Q'^T|| / sqrt(e)``
     - with RoPE: ``alpha_hat[delta] >= ||W^_Q' Rot_delta W^_K'^T|| / sqrt(e)`` for computed offsets, and
       ``alpha_hat_all >= ||W^_Q'|| ||W^_K'|| / sqrt(e)`` for every offset.
+    - always: ``wq >= ||W_Q'|| / sqrt(e)``, ``bq >= ||b_Q'|| / sqrt(e)``, ``wk >= ||W_K'||``, ``bk >= ||b_K'||``
+      (for the offset-free product forms ``||q|| / sqrt(e) <= R wq + bq``, ``||k|| <= R wk + bk``).
     """
 
     nu: float
     omega: float
+    wq: float = math.inf
+    bq: float = math.inf
+    wk: float = math.inf
+    bk: float = math.inf
     alpha_A: float | None = None
     alpha_Q: float | None = None
     c_norm: float | None = None
@@ -134,6 +140,14 @@ def _rows(M: arb_mat, k: int) -> arb_mat:
     return out
 
 
+def _row(M: arb_mat, i: int) -> arb_mat:
+    """Return row i of M as a column."""
+    out = arb_mat(M.ncols(), 1)
+    for j in range(M.ncols()):
+        out[j, 0] = M[i, j]
+    return out
+
+
 def _rotation(e: int, rotary_dim: int, base: float, delta: int) -> arb_mat:
     """Return Rot_delta [e, e] (row convention, GPT-NeoX half-split layout) with exact arb angles."""
     R = arb_mat(e, e)
@@ -150,11 +164,14 @@ def _rotation(e: int, rotary_dim: int, base: float, delta: int) -> arb_mat:
     return R
 
 
+RoPE_BUDGET = 3e7  # e^3 times the number of offsets: above it, per-offset RoPE constants are skipped
+
+
 def map_constants(amap: AttentionMap, max_offset: int = 64) -> MapConstants:
     """Return the proved weight constants of ``amap`` (arb arithmetic; cost O(H e^3 + d^2 e)).
 
-    With RoPE the per-offset constants are proved for offsets |delta| < ``max_offset``; beyond, the
-    offset-free product bound is used (valid for every offset, looser).
+    With RoPE the per-offset constants are proved for offsets |delta| < ``max_offset`` (fewer when
+    e^3 x offsets exceeds RoPE_BUDGET); beyond, the offset-free bounds are used (valid for every offset).
     """
     d, e = amap.d_model, amap.d_head
     heads: list[HeadConstants] = []
@@ -170,6 +187,10 @@ def map_constants(amap: AttentionMap, max_offset: int = 64) -> MapConstants:
             FV = rg.LowRankFactor(Vw)
             nu = rg.up(rg.product_norm_upper(FV, rg.gram(rg.to_arb(WO.T))))
             omega = rg.up(rg.norm_upper(Vw))
+            prods = dict(
+                wq=rg.up(rg.norm_upper(Qw) / sqrt_e), bq=rg.up(rg.vector_norm_upper(_row(Qh, d)) / sqrt_e),
+                wk=rg.up(rg.norm_upper(Kw)), bk=rg.up(rg.vector_norm_upper(_row(Kh, d))),
+            )  # fmt: skip
             if amap.rotary_dim is None:
                 FQ, FQh = rg.LowRankFactor(Qw), rg.LowRankFactor(Qh)
                 GK = rg.gram(Kw)
@@ -179,13 +200,14 @@ def map_constants(amap: AttentionMap, max_offset: int = 64) -> MapConstants:
                 for j in range(e):
                     bq_row[0, j] = Qh[d, j]
                 c_norm = rg.up(rg.vector_norm_upper(Kw * bq_row.transpose()) / sqrt_e)
-                heads.append(HeadConstants(nu, omega, alpha_A=alpha_A, alpha_Q=alpha_Q, c_norm=c_norm))
+                heads.append(HeadConstants(nu, omega, alpha_A=alpha_A, alpha_Q=alpha_Q, c_norm=c_norm, **prods))
             else:
                 FQh = rg.LowRankFactor(Qh)
                 GKh = rg.gram(Kh)
                 all_ = rg.up(rg.norm_upper(Qh) * rg.norm_upper(Kh) / sqrt_e)
-                hc = HeadConstants(nu, omega, alpha_hat_all=all_)
-                offsets = range(0, max_offset) if amap.causal else range(-(max_offset - 1), max_offset)
+                hc = HeadConstants(nu, omega, alpha_hat_all=all_, **prods)
+                m = max(1, min(max_offset, int(RoPE_BUDGET / e**3 / (1 if amap.causal else 2))))
+                offsets = range(0, m) if amap.causal else range(-(m - 1), m)
                 for dlt in offsets:
                     R = _rotation(e, amap.rotary_dim, amap.rotary_base, dlt)
                     hc.alpha_hat[dlt] = rg.up(rg.product_norm_upper(FQh, GKh, R) / sqrt_e)
@@ -275,21 +297,32 @@ class HeadTerms:
     Delta: arb
 
 
+def _smaller(*xs: arb) -> arb:
+    """Return the argument with the smallest upper end (each is a valid bound, so the least is too)."""
+    return min(xs, key=rg.up)
+
+
 def head_terms(hc: HeadConstants, R: float, n: int, causal: bool, rope: bool) -> HeadTerms:
-    """Return t2 (bound on ||T2||), W (bound on the key-side score gradient) and Delta (score spread)."""
+    """Return t2 (bound on ||T2||), W (bound on the key-side score gradient) and Delta (score spread).
+
+    Each is the least of several valid bounds: the homogeneous forms ``||[y, 1] M|| <= ||M|| sqrt(R^2 + 1)``
+    with the proved norms of the joint matrices, and the product forms ``||q_i|| / sqrt(e) <= R wq + bq``,
+    ``||k_j|| <= R wk + bk`` (rotations are orthogonal, so these hold at every offset).
+    """
     Ra = arb(R)
     Rh = (Ra * Ra + 1).sqrt()  # ||[y, 1]|| <= sqrt(R^2 + 1)
+    qn = Ra * arb(hc.wq) + arb(hc.bq)  # >= ||q_i|| / sqrt(e)
+    kn = Ra * arb(hc.wk) + arb(hc.bk)  # >= ||k_j||
     if not rope:
         aA, aQ, c = arb(hc.alpha_A), arb(hc.alpha_Q), arb(hc.c_norm)
-        t2 = Ra * Ra * aA
-        W1, W2 = Ra * aA + c, aQ * Rh
-        W = W1 if rg.up(W1) <= rg.up(W2) else W2
-        Delta = 2 * Ra * W
+        t2 = _smaller(Ra * Ra * aA, Ra * arb(hc.wq) * kn)
+        W = _smaller(Ra * aA + c, aQ * Rh, qn * arb(hc.wk))
+        Delta = _smaller(2 * Ra * W, 2 * qn * kn)
     else:
         ah = arb(hc.rope_alpha(n, causal))
-        t2 = Ra * ah * Rh
-        W = ah * Rh
-        Delta = 2 * ah * (Ra * Ra + 1)
+        t2 = Ra * _smaller(ah * Rh, arb(hc.wq) * kn)
+        W = _smaller(ah * Rh, qn * arb(hc.wk))
+        Delta = _smaller(2 * ah * (Ra * Ra + 1), 2 * qn * kn)
     return HeadTerms(t2.upper(), W.upper(), Delta.upper())
 
 
@@ -356,8 +389,7 @@ def upper_bounds(amap: AttentionMap, tset: TokenSet, n: int, mc: MapConstants | 
             t3 = t3a if rg.up(t3a) <= rg.up(t3b) else t3b
             gp.append(rho + ht.t2 + t3)
             # n-independent: RoPE constants over every offset
-            hl = head_terms(HeadConstants(hc.nu, hc.omega, hc.alpha_A, hc.alpha_Q, hc.c_norm, {},
-                                          hc.alpha_hat_all), R, n, causal, mc.rope) if mc.rope else ht
+            hl = head_terms(replace(hc, alpha_hat={}), R, n, causal, mc.rope) if mc.rope else ht
             RWl = arb(R) * hl.W
             if causal:
                 rl = _masked_rho_limit(hl.Delta)

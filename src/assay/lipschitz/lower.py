@@ -22,6 +22,7 @@ back onto K, and is accepted only if the estimate improves (eta then grows; othe
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -90,9 +91,8 @@ def construction_seeds(amap: AttentionMap, tset: TokenSet, n: int, heads: int = 
             X[1::2] = -R * u
             out.append((f"tie2{tag}", X))
         if n >= 3:
-            Ua, Sa, Vha = torch.linalg.svd(A)
-            z = Ua[:, 0]  # query direction with the largest score gradient z A
-            g = z @ A
+            z = _tie_query(A, bot)
+            g = z @ A  # the score gradient a query at R z puts on every key
             Uv, Sv, Vhv = torch.linalg.svd(V)
             u = Uv[:, 0] - (Uv[:, 0] @ g) / (g @ g).clamp_min(1e-300) * g  # largest value change, tied scores
             if float(u.norm()) > 1e-12:
@@ -100,7 +100,105 @@ def construction_seeds(amap: AttentionMap, tset: TokenSet, n: int, heads: int = 
                 X = (R * z).expand(n, -1).clone()
                 X[0], X[1] = R * u, -R * u
                 out.append((f"tie{tag}", X))
+                if amap.rope or float(amap.b_Q[h].abs().max()) > 0:
+                    out.append((f"tie-pos{tag}", _positional_tie(amap, tset, n, h, u)))
+                    out.append((f"tie-rot{tag}", _coherent_tie(amap, tset, n, h, u)))
     return [(name, tset.project(X)) for name, X in out]
+
+
+def _tie_query(A: Tensor, bot: Tensor) -> Tensor:
+    """Return a unit query direction z with a large score gradient ||z A|| and z A z^T < 0.
+
+    A query at R z then scores both tied keys (score 0) above itself (score R^2 z A z^T < 0), so its
+    attention splits evenly between them. Candidates mix the top left singular vectors of A with the
+    bottom eigenvector of its symmetric part; without a negative direction, the top singular vector.
+    """
+    Ua, _, _ = torch.linalg.svd(A)
+    scale = float(torch.linalg.matrix_norm(A, ord=2))
+    best, best_val = Ua[:, 0], -1.0
+    for k in range(min(4, A.shape[0])):
+        for theta in torch.linspace(0, math.pi / 2, 17, dtype=torch.float64):
+            z = torch.cos(theta) * Ua[:, k] + torch.sin(theta) * bot
+            if float(z.norm()) < 1e-12:
+                continue
+            z = z / z.norm()
+            if float(z @ A @ z) < -1e-3 * scale:
+                val = float((z @ A).norm())
+                if val > best_val:
+                    best, best_val = z, val
+    return best
+
+
+def _positional_tie(amap: AttentionMap, tset: TokenSet, n: int, h: int, u: Tensor) -> Tensor:
+    """Return keys +-R u at positions 0, 1 and, at every later position i, a query that ties them.
+
+    With RoPE (or a query bias) the tie condition depends on the position: query i ties the keys when
+    ``[y_i, 1] W^_Q Rot_i (kt_0 - kt_1)^T = 0`` (kt: rotated keys). Each query is the direction of largest
+    ``||y W_Q||`` moved onto that hyperplane, with the sign that puts more attention on the two keys.
+    """
+    R, d = tset.radius, amap.d_model
+    X = torch.zeros(n, d, dtype=torch.float64)
+    X[0], X[1] = R * u, -R * u
+    X = tset.project(X)
+    WQh, WKh = amap._WQh[h], amap._WKh[h]  # [d+1, e], LayerNorm folded, 1/sqrt(e) in WQh
+    rot = amap._rotations(n) if amap.rope else torch.eye(amap.d_head, dtype=torch.float64).expand(n, -1, -1)
+    hat = torch.cat([X, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    kt = torch.einsum("pi,ie,pef->pf", hat[:2], WKh, rot[:2])
+    top = torch.linalg.svd(WQh[:d])[0][:, 0]  # largest ||y W_Q||
+    for i in range(2, n):
+        c = WQh @ rot[i] @ (kt[0] - kt[1])  # [d+1]: tie iff y . c[:d] + c[d] = 0
+        cd, nc = c[:d], float(c[:d] @ c[:d])
+        z = top - (top @ cd) / nc * cd if nc > 0 else top
+        z = R * z / z.norm().clamp_min(1e-300)
+        cands = [z]
+        if nc > 0:
+            z = z - (z @ cd + c[d]) / nc * cd  # onto the tie hyperplane
+            cands = [z, -z - 2 * c[d] / nc * cd]  # its mirror image, also on the hyperplane
+        best, best_w = cands[0], -1.0
+        for cand in cands:
+            Xc = X.clone()
+            Xc[i] = cand
+            Xc = tset.project(Xc)
+            w = float(amap.pattern(Xc[: i + 1])[h, i, :2].sum())
+            if w > best_w:
+                best, best_w = Xc[i], w
+        X[i] = best
+    return X
+
+
+def _coherent_tie(amap: AttentionMap, tset: TokenSet, n: int, h: int, u: Tensor) -> Tensor:
+    """Return keys +-R u at positions 0, 1 and queries that all tie them *coherently*.
+
+    Scores are ``s_ij = qt_i . kt_j`` with ``qt_i = [y_i, 1] W^_Q Rot_i`` and ``kt_j = [y_j, 1] W^_K Rot_j``
+    (RoPE: Rot_p; otherwise Rot = I). Every query is solved for the same rotated query ``t q*``, with q*
+    orthogonal to ``kt_0 - kt_1`` (a tie) and along the direction that moves the scores most when a key
+    moves, and t as large as the ball allows: then the n - 2 queries all react to a key in the same
+    direction, and the Jacobian's column for that key grows like sqrt(n - 2).
+    """
+    R, d = tset.radius, amap.d_model
+    X = torch.zeros(n, d, dtype=torch.float64)
+    X[0], X[1] = R * u, -R * u
+    X = tset.project(X)
+    WQh, WKh = amap._WQh[h], amap._WKh[h]  # [d+1, e], LayerNorm folded, 1/sqrt(e) in WQh
+    e = amap.d_head
+    rot = amap._rotations(n) if amap.rope else torch.eye(e, dtype=torch.float64).expand(n, -1, -1)
+    hat = torch.cat([X[:2], torch.ones(2, 1, dtype=torch.float64)], dim=1)
+    kt = torch.einsum("pi,ie,pef->pf", hat, WKh, rot[:2])
+    diff = kt[0] - kt[1]
+    M = rot[1] @ WKh[:d].T  # [e, d]: how qt . kt_1 moves with y_1
+    q = torch.linalg.svd(M)[0][:, 0]
+    q = q - (q @ diff) / (diff @ diff).clamp_min(1e-300) * diff
+    q = q / q.norm().clamp_min(1e-300)
+    pinv = torch.linalg.pinv(WQh[:d])  # [e, d]: y = target pinv solves y W_Q = target (full rank e <= d)
+    for i in range(2, n):
+        a = (q @ rot[i].T) @ pinv  # y_i = t a - b reaches qt_i = t q
+        b = WQh[d] @ pinv
+        # the largest t >= 0 with ||t a - b|| <= R
+        aa, ab, bb = float(a @ a), float(a @ b), float(b @ b)
+        disc = ab * ab - aa * (bb - R * R)
+        t = (ab + disc**0.5) / aa if aa > 0 and disc >= 0 else 0.0
+        X[i] = t * a - b
+    return tset.project(X)
 
 
 def ascend(

@@ -196,6 +196,9 @@ def adversarial_curve(
         })  # fmt: skip
         _log(f"{experiment} {cfg.key()} R={R:.4g} n={n}: lower {lb.value:.4g} ({lb.seed}), upper {ub.upper:.4g}")
     curve.fit = fit_power_law([r["n"] for r in curve.rows], [r["lower"] for r in curve.rows])
+    tail = [r for r in curve.rows if r["n"] >= 8]
+    if len(tail) >= 3:  # the asymptotic exponent: constructions grow like sqrt(n - 2), steeper at small n
+        curve.fit["tail"] = fit_power_law([r["n"] for r in tail], [r["lower"] for r in tail])
     cons = [(r["n"], r["construction"]) for r in curve.rows if r["construction"]]
     if len(cons) >= 2:
         curve.fit["construction"] = fit_power_law([c[0] for c in cons], [c[1] for c in cons])
@@ -306,7 +309,10 @@ def _json(o: Any) -> Any:
 
 
 def _fit_summary(fit: dict[str, Any]) -> dict[str, Any]:
-    return {k: fit.get(k) for k in ("alpha", "alpha_ci", "C", "C_sqrt")}
+    out = {k: fit.get(k) for k in ("alpha", "alpha_ci", "C", "C_sqrt")}
+    if fit.get("tail"):
+        out["alpha_tail"] = fit["tail"].get("alpha")
+    return out
 
 
 def _fmt_ci(v: float | None, ci: tuple[float, float] | None, digits: int = 2) -> str:
@@ -318,7 +324,8 @@ def _fmt_ci(v: float | None, ci: tuple[float, float] | None, digits: int = 2) ->
 
 def results_table(curves: list[Curve]) -> tuple[list[str], list[list[str]]]:
     """Return (header, rows) of the fitted-exponent table, the paper's number beside each row."""
-    header = ["experiment", "map", "R", "alpha [95% CI]", "C [95% CI]", "C (alpha = 1/2)", "paper"]
+    header = ["experiment", "map", "R", "alpha [95% CI]", "alpha, n >= 8", "C [95% CI]", "C (alpha = 1/2)",
+              "paper"]
     rows = []
     for c in curves:
         if c.experiment not in ("text", "adversarial"):
@@ -331,13 +338,15 @@ def results_table(curves: list[Curve]) -> tuple[list[str], list[list[str]]]:
         elif "gpt2-random" in c.config:
             paper = PAPER["gpt2_adv"]
         f = c.fit
+        tail = f.get("tail") or {}
         rows.append([c.experiment, c.config, f"{c.radius:.4g}" if c.radius else "—",
-                     _fmt_ci(f.get("alpha"), f.get("alpha_ci")), _fmt_ci(f.get("C"), f.get("C_ci"), 3),
+                     _fmt_ci(f.get("alpha"), f.get("alpha_ci")), _fmt_ci(tail.get("alpha"), tail.get("alpha_ci")),
+                     _fmt_ci(f.get("C"), f.get("C_ci"), 3),
                      f"{f['C_sqrt']:.3g}" if f.get("C_sqrt") else "—", paper])  # fmt: skip
         cf = f.get("construction")
         if cf:
             rows.append([c.experiment + " (paper's construction only)", c.config, f"{c.radius:.4g}",
-                         _fmt_ci(cf.get("alpha"), cf.get("alpha_ci")), _fmt_ci(cf.get("C"), cf.get("C_ci"), 3),
+                         _fmt_ci(cf.get("alpha"), cf.get("alpha_ci")), "", _fmt_ci(cf.get("C"), cf.get("C_ci"), 3),
                          f"{cf['C_sqrt']:.3g}" if cf.get("C_sqrt") else "—", ""])  # fmt: skip
     return header, rows
 
