@@ -391,7 +391,7 @@ def test_failure_analysis_of_an_answerer_that_follows_the_two_column_rule():
 def test_phase_steps_finds_the_drop():
     recs = [{"step": s, "loss_A0": 2.3 if s < 500 else 0.01} for s in range(0, 1000, 10)]
     ph = report.phase_steps(recs, "loss_A0", smooth=1)
-    assert ph["half_step"] == 500 and ph["below_0.1"] == 500
+    assert ph["half_step"] == 500 and ph["below_0.1"] == 500 and 470 <= ph["steepest_step"] <= 510
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def _section(ctx: Any, present: list[str], load: Any, load_card: Any) -> str:
                                     f"{name}: training loss per answer digit and per category")
             parts.append(f"<h3>{esc(name)}</h3>")
             parts.append(figure(p, ctx.out, f"{name}: per-digit training loss (read from {DIGIT_LOG}); dotted "
-                                "lines: the step at which each digit's loss is half-way (log scale) to its end"))
+                                "lines: the step at which each digit's loss falls fastest (its phase transition)"))
         else:
             parts.append(f"<h3>{esc(name)}</h3>")
         f = facts[name]

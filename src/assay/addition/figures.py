@@ -31,13 +31,13 @@ def loss_curves(digit_log: list[dict[str, Any]], history: list[dict[str, Any]], 
         for d, col in zip(digits, colors, strict=True):
             y = np.array([r.get(f"loss_{d}", np.nan) for r in digit_log])
             axes[0].plot(steps, y, color=col, lw=1, label=d)
-            t = phases.get(d, {}).get("half_step")
+            t = phases.get(d, {}).get("steepest_step")
             if t is not None:
                 axes[0].axvline(t, color=col, ls=":", lw=1)
         for cat, col in zip(("BA", "UC1", "US9", "cascade"), ("C0", "C1", "C2", "C3"), strict=True):
             y = np.array([r.get(f"loss_{cat}", np.nan) for r in digit_log])
             axes[1].plot(steps, y, color=col, lw=1, label=cat)
-        axes[0].set_title("training loss per answer digit (dotted: half-way drop)", fontsize=9)
+        axes[0].set_title("training loss per answer digit (dotted: steepest drop)", fontsize=9)
         axes[1].set_title("training loss per question category", fontsize=9)
     elif history:
         steps = np.array([r["step"] for r in history])

@@ -48,9 +48,11 @@ def _log(msg: str, progress: bool) -> None:
         print(f"[addition analyze] {msg}", file=sys.stderr, flush=True)
 
 
-def phase_steps(records: list[dict[str, Any]], key: str, smooth: int = 5) -> dict[str, Any]:
-    """Return when a loss curve drops: the start and end loss, and the first step at which the smoothed
-    loss is below the geometric midpoint of the two (``half_step``) and below 0.1 nats (``below_0.1``)."""
+def phase_steps(records: list[dict[str, Any]], key: str, smooth: int = 5, window: int = 3) -> dict[str, Any]:
+    """Return when a loss curve drops: the start and end loss; the first step at which the smoothed loss
+    is below the geometric midpoint of the two (``half_step``) and below 0.1 nats (``below_0.1``); and
+    the middle of the ``window`` records over which the smoothed log-loss falls most (``steepest_step``,
+    the phase transition)."""
     steps = np.array([r["step"] for r in records if key in r])
     y = np.array([r[key] for r in records if key in r], dtype=float)
     if len(y) < 2:
@@ -63,8 +65,14 @@ def phase_steps(records: list[dict[str, Any]], key: str, smooth: int = 5) -> dic
     below_half = np.nonzero(ys <= half)[0]
     below = np.nonzero(ys < 0.1)[0]
     dropped = len(below_half) > 0 and end < start
+    steepest = None
+    if len(ys) > window and end < start:
+        ls = np.log(np.maximum(ys, 1e-12))
+        fall = ls[window:] - ls[:-window]
+        j = int(np.argmin(fall))
+        steepest = int(round((st[j] + st[j + window]) / 2))
     return {"start": start, "end": end, "half_step": int(st[below_half[0]]) if dropped else None,
-            "below_0.1": int(st[below[0]]) if len(below) else None}
+            "steepest_step": steepest, "below_0.1": int(st[below[0]]) if len(below) else None}
 
 
 def head_roles(reads: list[dict[str, Any]], n_digits: int, carried: dict[tuple, list[str]]) -> list[dict[str, Any]]:
@@ -254,11 +262,14 @@ def render_markdown(s: dict[str, Any]) -> str:
                           v["loss"]] for c, v in summ["by_category"].items()]), ""]
 
     ph = s["phases"]
-    lines += ["## Training phases", "", f"Source: {ph['source']}. `half` is the first step at which the "
+    phase_rows = [[k, v.get("start"), v.get("end"), v.get("steepest_step"), v.get("half_step"), v.get("below_0.1")]
+                  for k, v in ph.items() if isinstance(v, dict) and v]
+    lines += ["## Training phases", "",
+              f"Source: {ph['source']}. `steepest drop`: the middle of the 3 records (30 steps) over which the "
+              "smoothed log-loss falls most (the phase transition); `half-way`: the first step at which the "
               "smoothed loss is below the geometric midpoint of its start and end values.", "",
-              _md_table(["curve", "start loss", "end loss", "half-way step", "first step < 0.1"],
-                        [[k, v.get("start"), v.get("end"), v.get("half_step"), v.get("below_0.1")]
-                         for k, v in ph.items() if isinstance(v, dict) and v]), ""]
+              _md_table(["curve", "start loss", "end loss", "steepest drop at step", "half-way step",
+                         "first step < 0.1"], phase_rows), ""]
     if "curves" in s["figures"]:
         lines += [f"![loss curves](figures/{s['figures']['curves']})", ""]
 
