@@ -120,7 +120,7 @@ LM = models_dir() / "lm-4l"
 
 @pytest.mark.skipif(not (LM / "config.json").is_file(), reason="models/lm-4l not trained yet")
 def test_shipped_lm_4l_dla_adds_up():
-    from assay.erasure import dla
+    from assay.erasure.dla import dla
     from assay.model import load
 
     model = load("lm-4l", dtype=torch.float64)

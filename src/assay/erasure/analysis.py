@@ -116,6 +116,7 @@ class Analysis:
     vcomp_points: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     v_composition: dict[str, Any] = field(default_factory=dict)
     adversarial: list[dict[str, Any]] = field(default_factory=list)
+    adversarial_any: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     dla_error: float = 0.0
 
@@ -182,6 +183,7 @@ class Analysis:
             "vcomp_fit": self.vcomp,
             "v_composition_top": _top_vcomp(self.v_composition),
             "adversarial": self.adversarial,
+            "adversarial_any": self.adversarial_any,
             "timing": self.seconds,
         }
 
@@ -355,7 +357,8 @@ def analyze(
             for pos in np.nonzero(m)[0]:
                 k = int(np.cumsum(m)[pos] - 1)
                 adv_rows.append({"writer": wname, "prompt": i, "position": int(pos),
-                                 "dla": float(dla_chunks[i][wi, k]), "total_effect": float(te_r[i][wi, k])})
+                                 "dla": float(dla_chunks[i][wi, k]), "total_effect": float(te_r[i][wi, k]),
+                                 "total_effect_mean_ablation": float(te_m[i][wi, k])})
         if (i + 1) % 10 == 0:
             log(f"ablations and patches {i + 1}/{n_int}")
     t2 = time.perf_counter()
@@ -387,6 +390,29 @@ def analyze(
         vcomp_points[wname] = (x, y)
         vfits.append({"writer": wname, "erasers": [e.name for e in eraser_sets[wname][0]], **fit_line(x, y)})
     adversarial = adversarial_examples(adv_rows, toks, adversarial_k, decode)
+    any_rows = []
+    positions = [np.nonzero(targets[i].mask()[0].numpy())[0] for i in range(n_int)]
+    for ci, comp in enumerate(comps):
+        if comp.kind not in ("embed", "head", "mlp"):
+            continue
+        for i in range(n_int):
+            d_i, t_i = dla_chunks[i][ci], np.maximum(np.abs(te_r[i][ci]), np.abs(te_m[i][ci]))
+            ok = t_i <= 0.2 * np.abs(d_i)
+            if ok.any():
+                k = int(np.argmax(np.where(ok, np.abs(d_i) - t_i, -np.inf)))
+                any_rows.append({"writer": comp.name, "prompt": i, "position": int(positions[i][k]),
+                                 "dla": float(d_i[k]), "total_effect": float(te_r[i][ci][k]),
+                                 "total_effect_mean_ablation": float(te_m[i][ci][k])})
+    any_rows.sort(key=lambda r: abs(r["dla"]) - _worst(r), reverse=True)
+    seen: dict[str, int] = {}
+    picked = []
+    for r in any_rows:  # at most two per component, for variety
+        if seen.get(r["writer"], 0) < 2:
+            picked.append(r)
+            seen[r["writer"]] = seen.get(r["writer"], 0) + 1
+    adversarial_any = adversarial_examples([{**r, "writer": "*"} for r in picked], toks, 2 * adversarial_k, decode)
+    for row, r in zip(adversarial_any, picked, strict=False):
+        row["writer"] = r["writer"]
     vc = v_composition_scores(model)
     t3 = time.perf_counter()
     n_pos = int(sum(c.shape[1] for c in dla_chunks))
@@ -396,11 +422,15 @@ def analyze(
         rule=rule, mode=mode, pair_stats=stats, pr_median=pr_median, hooks=hooks, resid_proj=resid_proj, focus=focus,
         dla_points=np.concatenate(dla_chunks[:n_int], axis=1), te_resample=np.concatenate(te_r, axis=1),
         te_mean=np.concatenate(te_m, axis=1), causal=causal, vcomp=vfits, vcomp_points=vcomp_points,
-        v_composition=vc, adversarial=adversarial,
+        v_composition=vc, adversarial=adversarial, adversarial_any=adversarial_any,
         seconds={"clean": round(t1 - t0, 3), "interventions": round(t2 - t1, 3), "weights": round(t3 - t2, 3),
                  "per_prompt": round((t3 - t0) / len(toks), 4)},
         dla_error=float(dla_err),
     )
+
+
+def _worst(r: dict[str, Any]) -> float:
+    return max(abs(r["total_effect"]), abs(r["total_effect_mean_ablation"]))
 
 
 def adversarial_examples(rows: list[dict[str, Any]], toks: Sequence[torch.Tensor], k: int,
@@ -408,16 +438,19 @@ def adversarial_examples(rows: list[dict[str, Any]], toks: Sequence[torch.Tensor
                          max_ratio: float = 0.2) -> list[dict[str, Any]]:
     """Return up to ``k`` (prompt, position) points per writer where its DLA is large and its total effect small.
 
-    Candidates have |total effect| <= ``max_ratio`` * |DLA|; they are ranked by |DLA| - |total effect|.
+    Candidates have |total effect| <= ``max_ratio`` * |DLA| under both resample and mean ablation (a
+    resample alone can be small by luck, when the other prompt happens to give the same output); they are
+    ranked by |DLA| - max |total effect|.
     """
     out = []
     for wname in dict.fromkeys(r["writer"] for r in rows):
-        cands = [r for r in rows if r["writer"] == wname and abs(r["total_effect"]) <= max_ratio * abs(r["dla"])]
-        cands.sort(key=lambda r: abs(r["dla"]) - abs(r["total_effect"]), reverse=True)
+        cands = [r for r in rows if r["writer"] == wname and _worst(r) <= max_ratio * abs(r["dla"])]
+        cands.sort(key=lambda r: abs(r["dla"]) - _worst(r), reverse=True)
         for r in cands[:k]:
             ids = toks[r["prompt"]][0, : r["position"] + 1].tolist()
             nxt = toks[r["prompt"]][0, r["position"] + 1].item()
-            row = {**r, "dla": _f(r["dla"]), "total_effect": _f(r["total_effect"]), "context_ids": ids[-12:],
+            row = {**r, "dla": _f(r["dla"]), "total_effect": _f(r["total_effect"]),
+                   "total_effect_mean_ablation": _f(r["total_effect_mean_ablation"]), "context_ids": ids[-12:],
                    "next_id": nxt}
             if decode is not None:
                 row["context"] = decode(ids[-12:])

@@ -54,12 +54,16 @@ def tables(a: Analysis, top: int = 8) -> str:
     corr = j["dla_total_correlation"]
     parts.append(f"<p>DLA vs total effect over every component x position: Pearson r {_fmt(corr['resample'])} "
                  f"(resample ablation), {_fmt(corr['mean'])} (mean ablation).</p>")
-    if j["adversarial"]:
-        rows = [[r["writer"], repr(r.get("context", r["context_ids"]))[:80], repr(r.get("next", r["next_id"])),
-                 _fmt(r["dla"]), _fmt(r["total_effect"])] for r in j["adversarial"]]
-        parts.append("<p>Positions where the writer's DLA is large and its total effect (resample ablation) "
-                     "is at most a fifth of it:</p>")
-        parts.append(table(["writer", "context (last tokens)", "next", "DLA", "total effect"], rows))
+    for key, what in (("adversarial", "the focus writer's"), ("adversarial_any", "a component's (any head, MLP or "
+                                                                              "the embedding)")):
+        if not j[key]:
+            continue
+        rows = [[r["writer"], repr(r.get("context", r["context_ids"]))[-60:], repr(r.get("next", r["next_id"])),
+                 _fmt(r["dla"]), _fmt(r["total_effect"]), _fmt(r["total_effect_mean_ablation"])] for r in j[key]]
+        parts.append(f"<p>Adversarial positions: {what} DLA is large and its total effect is at most a fifth of "
+                     "it under both resample and mean ablation:</p>")
+        parts.append(table(["component", "context (last tokens)", "next", "DLA", "total (resample)", "total (mean)"],
+                           rows))
     return "".join(parts)
 
 
