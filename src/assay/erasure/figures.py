@@ -30,7 +30,8 @@ def pr_heatmap(a: Analysis, path: Path, title: str = "") -> Path:
     cols = [i for i, c in enumerate([c for c in a.comps if c.in_residual]) if c.kind in ("head", "mlp")]
     names = [c.name for c in a.comps if c.in_residual]
     M = a.pr_median[:, cols]
-    lim = max(0.1, float(np.nanmax(np.abs(M))) if np.isfinite(M).any() else 1.0)
+    # Colour range clipped at 1.5: erasers (PR near -1) stay visible next to large amplifiers.
+    lim = min(1.5, max(0.1, float(np.nanmax(np.abs(M))) if np.isfinite(M).any() else 1.0))
     h = max(3.5, 0.16 * len(a.writers) + 1.5)
     w = max(6.0, 0.16 * len(cols) + 2.5)
     fig, ax = plt.subplots(figsize=(w, h))
@@ -45,7 +46,7 @@ def pr_heatmap(a: Analysis, path: Path, title: str = "") -> Path:
         r = [w.name for w in a.writers].index(s.writer)
         c = [names[i] for i in cols].index(s.eraser)
         ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="black", lw=1.2))
-    fig.colorbar(im, ax=ax, label="median PR(C, W) = <C,W>/||W||²")
+    fig.colorbar(im, ax=ax, label="median PR(C, W) = <C,W>/||W||²", extend="both")
     ax.set_title(title or f"{a.model_name}: median projection ratios\n(boxes: flagged erasers)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
