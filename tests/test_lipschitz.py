@@ -372,3 +372,46 @@ def test_analyze_reports_consistent_numbers():
     assert res.local <= res.local_upper
     assert res.set_kind == "layernorm" and res.radius == pytest.approx(math.sqrt(12))
     assert jacobian_norm_exact(attention_map(m, 0, head=1), res.X_best).value >= res.lower * (1 - 1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Slow: the pretrained MiniLM
+
+
+def _minilm():
+    pytest.importorskip("transformers")
+    from assay.lipschitz.models import load_model
+
+    try:
+        return load_model("minilm")
+    except BadInput as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+def test_minilm_power_iteration_matches_svd_and_mask_on_real_text():
+    m = _minilm()
+    toks = text_windows(m, 6, 1, SAMPLE_TEXT)[0]
+    U = attention_inputs(m, 1, toks, layernorm=True)
+    f = attention_map(m, 1, causal=True, layernorm=True)  # all 12 heads, a real causal mask, LN in front
+    exact = float(torch.linalg.matrix_norm(jacobian_matrix(f, U), ord=2))
+    assert jacobian_norm(f, U, tol=1e-10, max_iter=5000).value == pytest.approx(exact, rel=1e-6)
+    U2 = U.clone()
+    U2[3:] = attention_inputs(m, 1, toks[:3] + [2023, 2003, 1037], layernorm=True)[3:]
+    assert torch.equal(f(U)[:3], f(U2)[:3])
+
+
+@pytest.mark.slow
+def test_minilm_upper_bound_dominates_the_search():
+    m = _minilm()
+    f = attention_map(m, 0, head=0, causal=False, layernorm=False)
+    mc = map_constants(f)
+    for R, n in ((1.0, 8), (12.0, 8)):
+        tset = TokenSet("ball", R, 384)
+        from assay.lipschitz.lower import lower_bound
+
+        lb = lower_bound(f, tset, n, steps=10)
+        ub = upper_bounds(f, tset, n, mc)
+        assert lb.value <= ub.upper
+        assert jacobian_norm_exact(f, lb.X).value <= ub.upper
+        assert local_upper_bound(f, lb.X, mc) >= jacobian_norm_exact(f, lb.X).value
