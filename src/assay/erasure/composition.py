@@ -21,34 +21,46 @@ from assay.erasure.components import heads
 from assay.model import Transformer
 
 
-def ov_matrices(model: Transformer, with_ln: bool = False) -> torch.Tensor:
-    """Return W_V W_O for every head, [n_layers * n_heads, d, d]; ``with_ln`` scales rows by ln1's gain."""
-    mats = []
+def _factors(model: Transformer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (W_V, W_O, diag(w1) W_V) of every head, float64: [n, d, e], [n, e, d], [n, d, e]."""
+    V, O, Vw = [], [], []
     for block in model.blocks:
-        ov = block.attn.W_V @ block.attn.W_O  # [h, d, d]
-        if with_ln and model.cfg.normalization_type == "LN":
-            ov = block.ln1.w[None, :, None] * ov
-        mats.append(ov)
-    return torch.cat(mats).detach()
+        v = block.attn.W_V.detach().double()
+        V.append(v)
+        O.append(block.attn.W_O.detach().double())
+        if model.cfg.normalization_type == "LN":
+            v = block.ln1.w.detach().double()[None, :, None] * v
+        Vw.append(v)
+    return torch.cat(V), torch.cat(O), torch.cat(Vw)
 
 
 def v_composition_scores(model: Transformer) -> dict:
-    """Return ``{"heads": names, "composition": [n, n], "signed": [n, n]}`` (row: writer A, column: reader B)."""
+    """Return ``{"heads": names, "composition": [n, n], "signed": [n, n]}`` (row: writer A, column: reader B).
+
+    Computed through the d_head x d_head factors of the rank-d_head OV matrices (M_A = V_A O_A,
+    M_B = Vw_B O_B): with C = O_A Vw_B, G_A = V_A^T V_A and H_B = O_B O_B^T,
+    ||M_A M_B||_F^2 = tr(C^T G_A C H_B) and tr(M_A M_B M_A^T) = tr(C O_B O_A^T G_A), so a GPT-2-size
+    model costs seconds, not the hours of d_model x d_model products.
+    """
     names = [c.name for c in heads(model)]
     H = model.cfg.n_heads
-    MA = ov_matrices(model).double()
-    MB = ov_matrices(model, with_ln=True).double()
-    n = MA.shape[0]
+    V, O, Vw = _factors(model)
+    n = V.shape[0]
+    G = V.transpose(1, 2) @ V  # [n, e, e]
+    Hm = O @ O.transpose(1, 2)  # [n, e, e]
+    Gw = Vw.transpose(1, 2) @ Vw
+    fa2 = (G * Hm).sum((1, 2))  # ||V_A O_A||_F^2 (G, H symmetric)
+    fb2 = (Gw * Hm).sum((1, 2))  # ||diag(w) V_B O_B||_F^2
     comp = torch.full((n, n), float("nan"), dtype=torch.float64)
     signed = torch.full((n, n), float("nan"), dtype=torch.float64)
-    fa = MA.flatten(1).norm(dim=1)
-    fb = MB.flatten(1).norm(dim=1)
     for a in range(n):
         later = torch.arange((a // H + 1) * H, n)
         if len(later) == 0:
             continue
-        prod = MA[a] @ MB[later]  # [k, d, d]
-        comp[a, later] = prod.flatten(1).norm(dim=1) / (fa[a] * fb[later]).clamp(min=1e-30)
-        # tr(M_A M_B M_A^T) = sum_ij (M_A M_B)_ij (M_A)_ij
-        signed[a, later] = (prod * MA[a]).flatten(1).sum(1) / (fa[a] ** 2).clamp(min=1e-30)
+        C = O[a] @ Vw[later]  # [k, e, e]
+        X = C.transpose(1, 2) @ G[a] @ C  # C^T G_A C
+        comp2 = (X * Hm[later]).sum((1, 2))
+        comp[a, later] = comp2.clamp(min=0).sqrt() / (fa2[a] * fb2[later]).clamp(min=1e-60).sqrt()
+        P = O[later] @ O[a].T  # O_B O_A^T  [k, e, e]
+        signed[a, later] = ((C @ P) * G[a].T).sum((1, 2)) / fa2[a].clamp(min=1e-60)  # tr(C P G_A)
     return {"heads": names, "composition": comp, "signed": signed}
