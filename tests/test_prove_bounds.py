@@ -15,18 +15,25 @@ import pytest
 from flint import arb, arb_mat, ctx
 
 from assay.prove import fp, rules
-from assay.prove.affine import AffineSet, Term, make_block, new_id
+from assay.prove.affine import AffineSet, Term, make_block, make_pooled, new_id
 
 TOL = 1e-10
 
 
 # ------------------------------------------------------------------ sampling inside an AffineSet
-def random_set(rng, d, scale=1.0, kinds=("block", "zono", "ell"), center=None) -> AffineSet:
+def random_set(rng, d, scale=1.0, kinds=("block", "pooled", "zono", "ell"), center=None) -> AffineSet:
     c = rng.standard_normal(d) * 2 if center is None else center
     S = AffineSet.point(c, np.abs(rng.standard_normal(d)) * 1e-3 * scale)
     if "block" in kinds:
         k, N = int(rng.integers(2, 6)), int(rng.integers(2, 9))
         S.terms.append(make_block(rng.standard_normal((N, k)) * scale, rng.standard_normal((k, d)) * 0.5))
+    if "pooled" in kinds:
+        k, N = int(rng.integers(2, 6)), int(rng.integers(2, 9))
+        cut = int(rng.integers(1, N)) if N > 1 else 1
+        starts = np.array([0, cut]) if cut < N else np.array([0])
+        mult = rng.integers(1, 4, size=len(starts)).astype(float)
+        S.terms.append(make_pooled(rng.standard_normal((N, k)) * scale, rng.uniform(0, 0.6, N), starts, mult,
+                                   float(rng.uniform(0.1, 1.5)), rng.standard_normal((k, d)) * 0.5))
     if "zono" in kinds:
         m = int(rng.integers(1, 6))
         S.terms.append(Term(new_id(), "zono", rng.standard_normal((m, d)) * 0.3 * scale))
@@ -46,6 +53,20 @@ def coefficients(S: AffineSet, n: int, rng) -> dict[int, np.ndarray]:
             a = rng.dirichlet(np.ones(N) * 0.3, size=n)
             a[: n // 3] = np.eye(N)[rng.integers(0, N, n // 3)]
             out[t.id] = a @ t.V
+        elif t.kind == "pooled":
+            # positions pick one row of their group with weight <= its scale; total weight <= total
+            scale_, starts, mult, total = t.pool
+            bounds = list(starts[1:]) + [t.V.shape[0]]
+            coef = np.zeros((n, t.V.shape[1]))
+            for i in range(n):
+                left = total
+                for gi, (a, b) in enumerate(zip(starts, bounds, strict=True)):
+                    for _ in range(int(mult[gi])):
+                        r = int(rng.integers(a, b))
+                        w = min(scale_[r] * (1.0 if i < n // 3 else rng.uniform()), left)
+                        left -= w
+                        coef[i] += w * t.V[r]
+            out[t.id] = coef * (1 - 1e-12)
         elif t.kind == "zono":
             e = rng.uniform(-1, 1, (n, k))
             e[: n // 3] = np.sign(e[: n // 3])
@@ -319,24 +340,33 @@ def test_anchor_average_with_perturbed_scores_and_values():
             assert np.exp(st - m).sum() >= wa_lo
 
 
-def test_head_output_set_and_lambda_max_contain_every_choice():
-    """Anchors with known scores, free positions with a few variants each: for random choices the true
-    head output lies in the set, and the true weight on free positions is at most lambda_max."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_head_output_set_and_lambda_max_contain_every_choice(shared):
+    """Anchors with known scores, free positions with a few variants each (their own value rows, or
+    rows shared by all positions as with RoPE at layer 0): for random choices the true head output
+    lies in the set, and the true weight on free positions is at most Lambda."""
     rng = np.random.default_rng(12)
     for _ in range(40):
         n, k, d = int(rng.integers(1, 25)), int(rng.integers(1, 5)), int(rng.integers(1, 6))
-        nfree, nvar = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        nfree, nvar = int(rng.integers(1, 4)), int(rng.integers(1, 6))
         s = rng.standard_normal(n) * 2
         V = rng.standard_normal((n, k))
         fs = rng.standard_normal((nfree, nvar)) * 2 + rng.uniform(-3, 3)
         fV = rng.standard_normal((nfree, nvar, k))
+        if shared:
+            fV[:] = fV[0]
         o, obox, m, wa_lo = rules.anchor_average(s, np.zeros(n), V, np.zeros((n, k)))
         W_O = rng.standard_normal((k, d))
-        rest_hi = [fs[i] for i in range(nfree)]
-        S, lam = rules.head_output_set(o, obox, m, wa_lo, rest_hi, fV.reshape(-1, k), np.zeros((nfree * nvar, k)), W_O)
+        if shared:
+            groups = [(fV[0], np.zeros((nvar, k)), [fs[i] for i in range(nfree)])]
+        else:
+            groups = [(fV[i], np.zeros((nvar, k)), [fs[i]]) for i in range(nfree)]
+        S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, W_O)
         outs = []
         for _ in range(300):
             choice = rng.integers(0, nvar, nfree)
+            if rng.random() < 0.3:
+                choice[:] = int(np.argmax(fs.max(axis=0)))  # the most attended token everywhere
             allS = np.concatenate([s, fs[np.arange(nfree), choice]])
             allV = np.concatenate([V, fV[np.arange(nfree), choice]])
             w = np.exp(allS - allS.max())
@@ -344,6 +374,43 @@ def test_head_output_set_and_lambda_max_contain_every_choice():
             assert lam_true <= lam * (1 + 1e-12)
             outs.append(softmax_avg(allS, allV) @ W_O)
         assert_inside(S, np.array(outs), rng, what="head")
+
+
+def test_pooled_max_bounds_the_lp_optimum():
+    """pooled_max against the LP it relaxes (scipy's linprog), and at most a little above it."""
+    from scipy.optimize import linprog
+
+    from assay.prove.affine import pooled_max
+
+    rng = np.random.default_rng(14)
+    for _ in range(40):
+        N = int(rng.integers(2, 10))
+        cut = int(rng.integers(1, N))
+        starts = np.array([0, cut])
+        mult = rng.integers(1, 4, size=2).astype(float)
+        x = rng.standard_normal(N)
+        scale = rng.uniform(0, 1, N)
+        total = float(rng.uniform(0.05, 2))
+        # variables a_(p, b) for every position p (mult copies per group) and row b of its group
+        groups = [range(0, cut), range(cut, N)]
+        cols, A_pos = [], []
+        for g, rows in enumerate(groups):
+            for _p in range(int(mult[g])):
+                A_pos.append([len(cols) + j for j in range(len(rows))])
+                cols.extend(rows)
+        nv = len(cols)
+        c = -np.array([scale[b] * x[b] for b in cols])
+        A_ub = [np.array([scale[b] for b in cols])]
+        b_ub = [total]
+        for idx in A_pos:
+            row = np.zeros(nv)
+            row[idx] = 1.0
+            A_ub.append(row)
+            b_ub.append(1.0)
+        lp = linprog(c, A_ub=np.array(A_ub), b_ub=b_ub, bounds=[(0, None)] * nv)
+        ub = pooled_max(x[:, None], scale, starts, mult, total)[0]
+        assert ub >= -lp.fun - 1e-12
+        assert ub <= -lp.fun + 0.25 * abs(lp.fun) + 1e-9  # the grid over t costs a little
 
 
 def test_rotation_against_arb(high_precision):

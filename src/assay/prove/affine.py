@@ -44,7 +44,7 @@ from assay.prove.fp import (
 
 _ids = itertools.count()
 # Blocks whose vertex matrix times map costs at most this many multiply-adds get exact coordinate bounds.
-EXACT_COORD_LIMIT = 4_000_000
+EXACT_COORD_LIMIT = 300_000_000
 # A set with no terms and a box below this (relative) size is attended to as an exactly known position.
 EXACT_REL = 1e-9
 
@@ -55,51 +55,83 @@ def new_id() -> int:
 
 @dataclass
 class Term:
-    """One term: ``kind`` in {"block", "zono", "ell"}, matrix M (rows = coefficient space, cols = d)."""
+    """One term: ``kind`` in {"block", "pooled", "zono", "ell"}, matrix M (rows = coefficient space, cols = d).
+
+    ``pooled``: attention to free positions, each holding one of its group's rows with a weight at most
+    that row's scale, the weights summing to at most a total (see :func:`pooled_max`); ``block`` is the
+    convex hull of V's rows.
+    """
 
     id: int
     kind: str
     M: np.ndarray
-    V: np.ndarray | None = None  # block vertices (N x k)
-    vnorm: float = 0.0  # block: >= max_g |V_g|_2
-    vlo: np.ndarray | None = None  # block: per-coordinate min of V
-    vhi: np.ndarray | None = None  # block: per-coordinate max of V
+    V: np.ndarray | None = None  # block / capped rows (N x k)
+    vnorm: float = 0.0  # >= sup |coefficient|_2
+    vlo: np.ndarray | None = None  # per-coordinate lower bound of the coefficient
+    vhi: np.ndarray | None = None  # per-coordinate upper bound of the coefficient
+    pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total)
     _l2: float | None = None  # cached l2_sup (M never changes in place)
+    _dev: tuple | None = None  # cached coord_dev
 
     def with_M(self, M: np.ndarray) -> Term:
-        return replace(self, M=M, _l2=None)
+        return replace(self, M=M, _l2=None, _dev=None)
 
     def col_error(self, E: np.ndarray) -> np.ndarray:
         """Upper bound, per output coordinate j, of |coef . E[:, j]| over the term's coefficients,
         where E >= 0 bounds the error of M elementwise."""
-        if self.kind == "block":
+        if self.kind in ("block", "pooled"):
             return up(self.vnorm * col_norms(E))
         if self.kind == "zono":
             return up(E.sum(axis=0), E.shape[0] + 2)
         return col_norms(E)
 
+    def extremes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rigorous (min, max) over the coefficients of sum_g coef_g X[g, :], X exact floats (N x K)."""
+        if self.kind == "block":
+            return X.min(axis=0), X.max(axis=0)
+        return -pooled_max(-X, *self.pool), pooled_max(X, *self.pool)
+
     def l2_sup(self) -> float:
         """Upper bound of |coef @ M|_2 over the term's coefficients."""
         if self._l2 is None:
-            if self.kind == "block":
+            if self.kind in ("block", "pooled"):
                 self._l2 = float(up(self.vnorm * spectral_norm_upper(self.M)))
+                k, d = self.M.shape
+                if self.V.shape[0] * k * d <= EXACT_COORD_LIMIT:
+                    # |sum_g coef_g V_g M| <= the term's support on the row norms |V_g M| (+ rounding).
+                    rn = row_norms(self.V @ self.M)[:, None]
+                    err = float(up(gamma(k) * self.vnorm * frob(self.M)))
+                    exact = float(up(float(self.extremes(rn)[1][0]) + err, 2))
+                    self._l2 = min(self._l2, exact)
             elif self.kind == "zono":
-                self._l2 = float(up(row_norms(self.M).sum(), self.M.shape[0] + 2))
+                # |eps Z|_2 over the cube: the least of the triangle sum over rows, the l2 norm of the
+                # per-coordinate ranges, and sqrt(m) ||Z||_2.
+                m = self.M.shape[0]
+                tri = float(up(row_norms(self.M).sum(), m + 2))
+                box = float(up(np.linalg.norm(up(np.abs(self.M).sum(axis=0), m + 2)), self.M.shape[1] + 4))
+                spec = float(up(math.sqrt(m) * spectral_norm_upper(self.M), 4))
+                self._l2 = min(tri, box, spec)
             else:
                 self._l2 = spectral_norm_upper(self.M)
         return self._l2
 
     def coord_dev(self) -> tuple[np.ndarray, np.ndarray]:
         """(dlo, dhi) with dlo <= coef @ M <= dhi per coordinate (dlo <= 0 <= dhi not assumed)."""
+        if self._dev is None:
+            self._dev = self._coord_dev()
+        return self._dev
+
+    def _coord_dev(self) -> tuple[np.ndarray, np.ndarray]:
         M = self.M
-        if self.kind == "block":
+        if self.kind in ("block", "pooled"):
             l2 = up(self.vnorm * col_norms(M))
             if self.V.shape[0] * M.shape[0] * M.shape[1] <= EXACT_COORD_LIMIT:
-                # Exact vertex maxima: fl(V M) is within gamma(k) vnorm |M_:j| of V M.
+                # Exact extremes: fl(V M) is within gamma(k) |V_g| |M_:j| of V M, and the coefficient
+                # weights rows with total l2 mass <= vnorm.
                 VM = self.V @ M
                 err = up(gamma(M.shape[0]) * self.vnorm * col_norms(M))
-                l2 = np.minimum(l2, np.maximum(next_up(VM.max(axis=0) + err), -next_down(VM.min(axis=0) - err)))
-                ex_lo, ex_hi = next_down(VM.min(axis=0) - err), next_up(VM.max(axis=0) + err)
+                mn, mx = self.extremes(VM)
+                ex_lo, ex_hi = next_down(mn - err), next_up(mx + err)
             else:
                 ex_lo, ex_hi = -l2, l2
             # Box bound on the vertices: sum_e max(vlo_e M_ej, vhi_e M_ej), plus its rounding error.
@@ -121,6 +153,48 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
     V = np.ascontiguousarray(V, dtype=np.float64)
     vnorm = float(row_norms(V).max()) if V.shape[0] else 0.0
     return Term(new_id(), "block", M, V=V, vnorm=vnorm, vlo=V.min(axis=0), vhi=V.max(axis=0))
+
+
+POOL_T = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+
+
+def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float) -> np.ndarray:
+    """Rigorous upper bound, per column k, of the support of a *pooled* term in direction X[:, k].
+
+    The term's coefficients are sum_{i,b} a_ib scale_b D_b where position i may use only the rows of its
+    group (groups are contiguous row ranges starting at ``starts``; a group of multiplicity m stands for m
+    positions with the same rows), sum_b a_ib <= 1 for every position, a >= 0, and the total weight
+    sum a_ib scale_b <= total. Lagrangian duality on the total: for every t >= 0 the support is at most
+    total * t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t)); we take the least over a grid of t
+    in [0, max X].
+    """
+    N, K = X.shape
+    if N == 0 or total <= 0.0:
+        return np.zeros(K)
+    top = np.maximum(X.max(axis=0), 0.0)
+    best = None
+    for f in POOL_T:
+        t = top * f
+        Y = scale[:, None] * (X - t)
+        err = 3 * U * np.abs(Y)
+        gmax = np.maximum(np.maximum.reduceat(Y + err, starts, axis=0), 0.0)
+        val = up(total * t + mult @ gmax, len(mult) + 4)
+        best = val if best is None else np.minimum(best, val)
+    return best
+
+
+def make_pooled(D: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
+                M: np.ndarray) -> Term:
+    """A pooled term (see :func:`pooled_max`) mapped by M."""
+    D = np.ascontiguousarray(D, dtype=np.float64)
+    scale = np.minimum(np.asarray(scale, dtype=np.float64), total)
+    starts = np.asarray(starts, dtype=np.int64)
+    mult = np.asarray(mult, dtype=np.float64)
+    pool = (scale, starts, mult, float(total))
+    vnorm = float(pooled_max(row_norms(D)[:, None], *pool)[0])
+    hi = pooled_max(D, *pool)
+    lo = -pooled_max(-D, *pool)
+    return Term(new_id(), "pooled", M, V=D, vnorm=vnorm, vlo=lo, vhi=hi, pool=pool)
 
 
 @dataclass
@@ -250,14 +324,13 @@ class AffineSet:
             inner = min(inner, self.r_cap)
         return float(up(off + inner))
 
-    def functional_bounds(
-        self, A: np.ndarray, exact: np.ndarray | None = None, exact_A: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def functional_bounds(self, A: np.ndarray, exact: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rigorous lo, hi of x . A[:, k] over the set, for every column k of A (d x K).
 
-        Every column gets the cheap bound (Cauchy-Schwarz with each term's l2 sup). Columns listed
-        in ``exact`` additionally get the exact support function of each term (vertex max for blocks,
-        l1 of the zonotope's image, l2 of the ellipsoid's image); the better of the two is returned.
+        Every column gets the *cheap* support of each term: for blocks / pooled terms the better of
+        Cauchy-Schwarz (l2 mass of the coefficient times |M a|) and the coefficient box against M a;
+        the exact support of zonotopes (l1 of Z a) and ellipsoids (|M a|). Columns listed in ``exact``
+        also get the exact support of blocks / pooled terms (over all their rows); the better is kept.
         """
         A = np.asarray(A, dtype=np.float64)
         d, K = A.shape
@@ -265,9 +338,12 @@ class AffineSet:
         cval = self.center @ A
         cerr = up(gamma(d) * float(row_norms(self.center[None, :])[0]) * an)
         boxdev = up(self.box @ np.abs(A), d)
-        dev = [boxdev, cerr] + [t.l2_sup() * an for t in self.terms]
-        dsum = up(sum(dev[1:], dev[0]), len(dev) + 2)
-        lo, hi = sum_bounds([cval, -dsum], [cval, dsum])
+        plo, phi = [cval, -boxdev, -cerr], [cval, boxdev, cerr]
+        for t in self.terms:
+            a, b = _cheap_support(t, A, an)
+            plo.append(a)
+            phi.append(b)
+        lo, hi = sum_bounds(plo, phi)
         if exact is not None and len(exact):
             Ae = A[:, exact]
             ane = an[exact]
@@ -293,6 +369,24 @@ class AffineSet:
         return out
 
 
+def _cheap_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of coef @ M @ A[:, k] over the term, exact for zonotopes and ellipsoids and within
+    the coefficient's l2 mass / box for blocks and pooled terms (no pass over their rows)."""
+    if t.kind not in ("block", "pooled"):
+        return _exact_support(t, A, an)
+    B = t.M @ A
+    k, d = t.M.shape
+    EB = gamma(d) * np.multiply.outer(row_norms(t.M), an)
+    bn = up(col_norms(B) + col_norms(EB))
+    l2 = up(t.vnorm * bn)
+    a, b = t.vlo[:, None] * B, t.vhi[:, None] * B
+    mag = np.maximum(np.abs(a), np.abs(b)).sum(axis=0)
+    err = up(gamma(k + 2) * mag + np.maximum(np.abs(t.vlo), np.abs(t.vhi)) @ EB, k + 2)
+    bhi = next_up(np.maximum(a, b).sum(axis=0) + err)
+    blo = next_down(np.minimum(a, b).sum(axis=0) - err)
+    return np.maximum(-l2, blo), np.minimum(l2, bhi)
+
+
 def _exact_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact (up to rounding, which is bounded) min and max of coef @ M @ A[:, k] over the term."""
     B = t.M @ A
@@ -300,10 +394,11 @@ def _exact_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, 
     d = t.M.shape[1]
     # |fl(M A) - M A| <= gamma(d) |M_e| |A_k|
     EB = gamma(d) * np.multiply.outer(row_norms(t.M), an)
-    if t.kind == "block":
+    if t.kind in ("block", "pooled"):
         VB = t.V @ B
         err = up(t.vnorm * (gamma(k) * col_norms(B) + col_norms(EB)))
-        return next_down(VB.min(axis=0) - err), next_up(VB.max(axis=0) + err)
+        mn, mx = t.extremes(VB)
+        return next_down(mn - err), next_up(mx + err)
     if t.kind == "zono":
         s = up(np.abs(B).sum(axis=0) + EB.sum(axis=0), k + 2)
         return -s, s

@@ -32,7 +32,7 @@ def strings(n_free: int, allowed: Sequence[int]) -> Iterator[tuple[int, ...]]:
 
 def enumerate_claim(
     model, prefix: Sequence[int], n_free: int, suffix: Sequence[int] = (), allowed: Sequence[int] | None = None,
-    batch: int = 4096,
+    batch: int = 256,
 ) -> Enumeration:
     """Evaluate the model (as float64) at the last position of every prefix + t + suffix."""
     first = next(model.parameters())
@@ -54,7 +54,9 @@ def enumerate_claim(
                 rows = by_len[L]
                 for i in range(0, len(rows), batch):
                     toks = torch.as_tensor(np.stack(rows[i : i + batch]))
-                    logits_all.append(m64(toks)[:, -1, :].numpy())
+                    # Unembed only the last position (the full logits of a large vocabulary are huge).
+                    resid = m64(toks, return_type="resid")[:, -1, :]
+                    logits_all.append(m64.unembed(resid).numpy().copy())
                     lens.extend([L] * len(toks))
     finally:
         torch.set_num_threads(threads)

@@ -38,8 +38,8 @@ from flint import arb, arb_mat
 
 FORMAT = "assay-overwhelm-certificate/1"
 METHOD = "affine-lambda/1"
-TOL = 1e-5  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
-EXACT_COORD_LIMIT = 4_000_000
+TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
+EXACT_COORD_LIMIT = 300_000_000
 EXACT_REL = 1e-9
 LN_REMAINDER = arb(0.6)
 GELU_D2_MAX = arb(0.8)
@@ -167,34 +167,90 @@ def spectral_upper(M: arb_mat) -> arb:
 _ids = itertools.count()
 
 
+POOL_T = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+
+
+def pooled_max(X: list[list], pool) -> list[arb]:
+    """Upper bound per column of the support of a pooled term (rows X [N][K]): for every t >= 0,
+    total t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t)) bounds it (Lagrangian duality);
+    the least over a grid of t in [0, max X] is taken."""
+    scale, starts, mult, total = pool
+    N = len(X)
+    K = len(X[0]) if N else 0
+    if N == 0 or not total > 0:
+        return [ZERO] * K
+    bounds = list(starts[1:]) + [N]
+    out = []
+    for k in range(K):
+        col = [_up(X[b][k]) for b in range(N)]
+        top = _emax(col + [ZERO])
+        best = None
+        for f in POOL_T:
+            t = _f(_mid(top) * f)
+            val = total * t
+            for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
+                gm = _emax([_up(scale[r] * (col[r] - t)) for r in range(a, b)] + [ZERO])
+                val = val + mult[g] * gm
+            val = _up(val)
+            best = val if best is None else _emin([best, val])
+        out.append(best)
+    return out
+
+
 @dataclass
 class CTerm:
     id: int
-    kind: str  # block, zono, ell
+    kind: str  # block, pooled, zono, ell
     M: arb_mat
     V: arb_mat | None = None
     vnorm: arb = ZERO
     vlo: list = field(default_factory=list)
     vhi: list = field(default_factory=list)
+    pool: tuple | None = None  # (scale, starts, mult, total)
     _l2: arb | None = None
+    _dev: tuple | None = None
 
     def with_M(self, M: arb_mat) -> CTerm:
-        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi)
+        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi, self.pool)
+
+    def extremes(self, X: list[list]) -> tuple[list, list]:
+        """(min, max) per column of sum_g coef_g X[g] over the term's coefficients (exact arbs)."""
+        K = len(X[0])
+        if self.kind == "block":
+            return [_emin(_lo(r[j]) for r in X) for j in range(K)], [_emax(_up(r[j]) for r in X) for j in range(K)]
+        hi = pooled_max(X, self.pool)
+        lo = [-x for x in pooled_max([[-v for v in r] for r in X], self.pool)]
+        return lo, hi
 
     def l2_sup(self) -> arb:
         if self._l2 is None:
-            if self.kind == "block":
-                self._l2 = _up(self.vnorm * spectral_upper(self.M))
+            if self.kind in ("block", "pooled"):
+                l2 = _up(self.vnorm * spectral_upper(self.M))
+                k, d = self.M.nrows(), self.M.ncols()
+                if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
+                    rn = [[_norm_up(r)] for r in (self.V * self.M).tolist()]
+                    l2 = _emin([l2, self.extremes(rn)[1][0]])
+                self._l2 = l2
             elif self.kind == "zono":
-                self._l2 = _up(sum((_norm_up(r) for r in self.M.tolist()), ZERO))
+                rows = self.M.tolist()
+                m = len(rows)
+                tri = _up(sum((_norm_up(r) for r in rows), ZERO))
+                box = _norm_up([_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(self.M.ncols())])
+                spec = _up(arb(m).sqrt() * spectral_upper(self.M))
+                self._l2 = _emin([tri, box, spec])
             else:
                 self._l2 = spectral_upper(self.M)
         return self._l2
 
     def coord_dev(self) -> tuple[list[arb], list[arb]]:
+        if self._dev is None:
+            self._dev = self._coord_dev()
+        return self._dev
+
+    def _coord_dev(self) -> tuple[list[arb], list[arb]]:
         M = self.M
         k, d = M.nrows(), M.ncols()
-        if self.kind == "block":
+        if self.kind in ("block", "pooled"):
             cn = _col_norms_up(M)
             l2 = [_up(self.vnorm * c) for c in cn]
             rows = M.tolist()
@@ -210,9 +266,7 @@ class CTerm:
             hi = [_emin([x, y]) for x, y in zip(l2, bhi, strict=True)]
             lo = [_emax([-x, y]) for x, y in zip(l2, blo, strict=True)]
             if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
-                VM = (self.V * M).tolist()
-                ehi = [_emax(_up(r[j]) for r in VM) for j in range(d)]
-                elo = [_emin(_lo(r[j]) for r in VM) for j in range(d)]
+                elo, ehi = self.extremes((self.V * M).tolist())
                 hi = [_emin([x, y]) for x, y in zip(hi, ehi, strict=True)]
                 lo = [_emax([x, y]) for x, y in zip(lo, elo, strict=True)]
             return lo, hi
@@ -223,16 +277,30 @@ class CTerm:
         s = _col_norms_up(M)
         return [-x for x in s], s
 
-    def support(self, A: arb_mat) -> tuple[list[arb], list[arb]]:
-        """Exact min and max of coef @ M @ A[:, k] over the term (as ball endpoints)."""
+    def support(self, A: arb_mat, exact: bool) -> tuple[list[arb], list[arb]]:
+        """Min and max of coef @ M @ A[:, k] over the term: exact (every row) or cheap (l2 mass and
+        coefficient box against M A, for blocks and pooled terms); zonotopes and ellipsoids exact."""
         B = self.M * A
-        if self.kind == "block":
-            VB = (self.V * B).tolist()
-            K = A.ncols()
-            return [_emin(_lo(r[j]) for r in VB) for j in range(K)], [_emax(_up(r[j]) for r in VB) for j in range(K)]
+        K = A.ncols()
+        if self.kind in ("block", "pooled"):
+            if exact:
+                return self.extremes((self.V * B).tolist())
+            bn = _col_norms_up(B)
+            rows = B.tolist()
+            lo, hi = [], []
+            for j in range(K):
+                l2 = _up(self.vnorm * bn[j])
+                sh, sl = ZERO, ZERO
+                for e in range(len(rows)):
+                    a, b = self.vlo[e] * rows[e][j], self.vhi[e] * rows[e][j]
+                    sh += _emax([_up(a), _up(b)])
+                    sl += _emin([_lo(a), _lo(b)])
+                hi.append(_emin([l2, _up(sh)]))
+                lo.append(_emax([-l2, _lo(sl)]))
+            return lo, hi
         if self.kind == "zono":
             rows = B.tolist()
-            s = [_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(B.ncols())]
+            s = [_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(K)]
         else:
             s = _col_norms_up(B)
         return [-x for x in s], s
@@ -245,6 +313,19 @@ def make_block(V: arb_mat, M: arb_mat) -> CTerm:
     vlo = [_emin(_lo(r[e]) for r in rows) for e in range(k)]
     vhi = [_emax(_up(r[e]) for r in rows) for e in range(k)]
     return CTerm(next(_ids), "block", M, V, vnorm, vlo, vhi)
+
+
+def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat) -> CTerm:
+    scale = [_emin([_up(x), total]) for x in scale]
+    pool = (scale, list(starts), [arb(x) for x in mult], total)
+    rows = D.tolist()
+    k = D.ncols()
+    vnorm = pooled_max([[_norm_up(r)] for r in rows], pool)[0]
+    vhi = pooled_max(rows, pool)
+    vlo = [-x for x in pooled_max([[-v for v in r] for r in rows], pool)]
+    t = CTerm(next(_ids), "pooled", M, D, vnorm, vlo, vhi, pool)
+    del k
+    return t
 
 
 _centering: dict[int, arb_mat] = {}
@@ -345,17 +426,19 @@ class CSet:
         return _up(off + inner)
 
     def functional_lower(self, A: arb_mat, absA: arb_mat, exact: list[int] | None = None) -> list[arb]:
-        """Lower bounds of x . A[:, k] over the set (the cheap bound, and the exact support for `exact`)."""
+        """Lower bounds of x . A[:, k] over the set (the cheap support, and the exact one for `exact`)."""
         cval = _vec(_row(self.center) * A)
         boxdev = _vec(_row(self.box) * absA)
-        an = _col_norms_up(A)
-        l2 = sum((t.l2_sup() for t in self.terms), ZERO)
-        lo = [_lo(c - b - l2 * n) for c, b, n in zip(cval, boxdev, an, strict=True)]
+        lo = [c - b for c, b in zip(cval, boxdev, strict=True)]
+        for t in self.terms:
+            a, _ = t.support(A, exact=False)
+            lo = [x + y for x, y in zip(lo, a, strict=True)]
+        lo = [_lo(x) for x in lo]
         if exact:
             cols = arb_mat([[A[i, k] for k in exact] for i in range(A.nrows())])
             elo = [cval[k] - boxdev[k] for k in exact]
             for t in self.terms:
-                a, _ = t.support(cols)
+                a, _ = t.support(cols, exact=True)
                 elo = [x + y for x, y in zip(elo, a, strict=True)]
             for i, k in enumerate(exact):
                 lo[k] = _emax([lo[k], _lo(elo[i])])
@@ -402,15 +485,25 @@ def norm_lower_bound(Y: CSet, lo: list, hi: list, ys: list) -> arb:
     return _emax([box_lb, dir_lb])
 
 
+def expansion_point(Y: CSet, lo: list, hi: list) -> tuple[list, arb]:
+    """The better of the box midpoint and (the midpoint of) the center as Taylor point, with its radius."""
+    best = None
+    mid = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
+    for ys in (mid, [_f(_mid(x)) for x in Y.center]):
+        hw = [_emax([_up(h - m), _up(m - low)]) for low, h, m in zip(lo, hi, ys, strict=True)]
+        r = _emin([_norm_up(hw), Y.l2_radius(ys)])
+        if best is None or r < best[1]:
+            best = (ys, r)
+    return best
+
+
 def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
     if w is None:
         return X
     d = X.d
     Y = X.center_coords()
     lo, hi = Y.coord_bounds()
-    ys = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
-    hw = [_emax([_up(h - m), _up(m - low)]) for low, h, m in zip(lo, hi, ys, strict=True)]
-    r = _emin([_norm_up(hw), Y.l2_radius(ys)])
+    ys, r = expansion_point(Y, lo, hi)
     sig = (sum((v * v for v in ys), ZERO) / d + eps).sqrt()
     sqd = arb(d).sqrt()
     nlb = norm_lower_bound(Y, lo, hi, ys)
@@ -504,7 +597,16 @@ def mlp_set(X: CSet, lw: dict, act: str) -> CSet:
     rel = [relax(a, c, act) for a, c in zip(lo, hi, strict=True)]
     H = P.scale([r[0] for r in rel]).shift([r[1] for r in rel])
     out = H.affine(lw["W_out"], lw["|W_out|"], lw["b_out"])
-    rows = [i for i, r in enumerate(rel) if r[2] > 0]
+    # Relaxation errors of rounding size go to the box (the prover's rule), the others are generators.
+    small = [r[2] <= _f(ZONO_MIN) * (ONE + _emax([abs(a), abs(c)])) for r, a, c in zip(rel, lo, hi, strict=True)]
+    if any(small):
+        Wt = lw["W_out"].tolist()
+        extra = [ZERO] * len(out.box)
+        for i, sm in enumerate(small):
+            if sm:
+                extra = [e + rel[i][2] * abs(w) for e, w in zip(extra, Wt[i], strict=True)]
+        out.box = [_up(b + e) for b, e in zip(out.box, extra, strict=True)]
+    rows = [i for i, r in enumerate(rel) if r[2] > 0 and not small[i]]
     if rows:
         Wt = lw["W_out"].tolist()
         Z = arb_mat([[rel[i][2] * x for x in Wt[i]] for i in rows])
@@ -529,6 +631,7 @@ def rotate(v: list, cos: list, sin: list) -> list:
 
 
 INTERVAL_SOFTMAX_MIN = 1e-6
+ZONO_MIN = 1e-9
 
 
 def interval_average(s: list, m: arb, V: list[list]) -> tuple[list, list]:
@@ -585,7 +688,8 @@ class KV:
     K: list
     V: list
     exact: bool
-    share: Any = None  # identity of a value list shared with other positions (same rows)
+    share: Any = None  # positions with equal share hold the same (unrotated) keys and value rows
+    rot_pos: int | None = None  # keys unrotated: score with the query rotated back by this position
 
 
 class Checker:
@@ -645,12 +749,13 @@ class Checker:
             x = [a + _f(v) for a, v in zip(x, self.W_pos[pos], strict=True)]
         return x
 
-    def _proj_rows(self, layer: int, X: list[list], positions: list[int], name: str) -> list:
-        """[h][n] lists: projection of exact rows (after LN1); Q and K rotated."""
+    def _proj_rows(self, layer: int, X: list[list], positions: list[int], name: str, rotate_qk: bool = True) -> list:
+        """[h][n] lists: projection of exact rows (after LN1); Q and K rotated unless rotate_qk is False."""
         lw = self.layers[layer]
         Xn = ln_rows(X, *lw["ln1"], self.eps)
         M = arb_mat(Xn)
-        rot = rope(positions, self.cfg.rotary_dim, self.cfg.rotary_base) if (self.rope and name != "V") else None
+        use_rot = self.rope and name != "V" and rotate_qk
+        rot = rope(positions, self.cfg.rotary_dim, self.cfg.rotary_base) if use_rot else None
         out = []
         for h in range(self.h):
             P = (M * lw[f"W_{name}"][h]).tolist()
@@ -758,18 +863,18 @@ class Checker:
         return self._free_kv[key]
 
     def _free_kv0(self, i: int) -> KV:
-        """Layer-0 keys and values of free position i over all allowed tokens (exact rows)."""
-        X = [self._embed(t, self.n_fix + i) for t in self.allowed]
-        pos = [self.n_fix + i] * len(X)
-        V = self._value_rows0(i, X, pos)
-        return KV(self._proj_rows(0, X, pos, "K"), V, exact=False, share=("v0", None) if self.W_pos is None else None)
-
-    def _value_rows0(self, i, X, pos):
-        if self.W_pos is None:
-            if not hasattr(self, "_v0"):
-                self._v0 = self._proj_rows(0, X, pos, "V")
-            return self._v0
-        return self._proj_rows(0, X, pos, "V")
+        """Layer-0 keys (unrotated) and values of free position i over all allowed tokens, shared by all
+        free positions when nothing but RoPE depends on the position."""
+        if self.W_pos is not None:
+            X = [self._embed(t, self.n_fix + i) for t in self.allowed]
+            pos = [self.n_fix + i] * len(X)
+            return KV(self._proj_rows(0, X, pos, "K"), self._proj_rows(0, X, pos, "V"), exact=False)
+        if not hasattr(self, "_base0"):
+            X = [self._embed(t, 0) for t in self.allowed]
+            pos = [0] * len(X)
+            self._base0 = (self._proj_rows(0, X, pos, "K", rotate_qk=False), self._proj_rows(0, X, pos, "V"))
+        K, V = self._base0
+        return KV(K, V, exact=False, share="layer0", rot_pos=(self.n_fix + i) if self.rope else None)
 
     # ------------------------------------------------------------------ attention and layers
     def _attention(self, layer: int, q: list, position: int, others: list[KV], n_anchor: int):
@@ -801,28 +906,46 @@ class Checker:
                 z = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(lo, hi, strict=True)]
                 obox = [_emax([_up(b - ze), _up(ze - a)]) for a, b, ze in zip(lo, hi, z, strict=True)]
             wa_lo = _lo(sum(((_lo(x) - m).exp() for x in s), ZERO))
-            if rest:
-                wr = ZERO
-                rows, seen = [], set()
-                for r in rest:
-                    sr = [x * self.scale for x in _vec(arb_mat(r.K[h]) * qr)]
-                    wr += _emax([_up((_up(x) - m).exp()) for x in sr])
-                    key = id(r.V) if r.share is None else r.share
-                    if key not in seen:
-                        seen.add(key)
-                        rows.extend(r.V[h])
-                wr = _up(wr)
+            groups = []  # (value rows, per-position lists of upper scores)
+            for r in rest:
+                if r.share is None:
+                    sr = [_up(x * self.scale) for x in _vec(arb_mat(r.K[h]) * qr)]
+                    groups.append((r.V[h], [sr]))
+            for key in dict.fromkeys(r.share for r in rest if r.share is not None):
+                shared = [r for r in rest if r.share == key]
+                r0 = shared[0]
+                Kb = arb_mat(r0.K[h])
+                his = []
+                for r in shared:
+                    if r.rot_pos is not None:
+                        qq = rotate(q[h], *rope([-r.rot_pos], self.cfg.rotary_dim, self.cfg.rotary_base)[0])
+                        sr = [_up(x * self.scale) for x in _vec(Kb * _row(qq).transpose())]
+                    elif his:
+                        sr = his[0]
+                    else:
+                        sr = [_up(x * self.scale) for x in _vec(Kb * qr)]
+                    his.append(sr)
+                groups.append((r0.V[h], his))
+            if groups:
+                exps = [[[_up((x - m).exp()) for x in sr] for sr in his] for _rows, his in groups]
+                wr = _up(sum((_emax(e) for ex in exps for e in ex), ZERO))
                 lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
-                # Vertices at the values' midpoints; the values' radii go to the box (as in the prover).
-                lam = _up(lam)
-                mids = [[_f(_mid(x)) for x in v] for v in rows]
-                vrad = [_emax([_up(abs(v[e] - mv[e])) for v, mv in zip(rows, mids, strict=True)])
+                rows_all, scale, starts, mult = [], [], [], []
+                for (rows, _his), ex in zip(groups, exps, strict=True):
+                    starts.append(len(rows_all))
+                    mult.append(len(ex))
+                    for b in range(len(rows)):
+                        sc = _emax([_up(e[b] / (wa_lo + e[b])) if wa_lo > 0 else ONE for e in ex])
+                        scale.append(_emin([sc, lam]))
+                    rows_all.extend(rows)
+                # Rows at the values' midpoints; the values' radii go to the box (as in the prover).
+                mids = [[_f(_mid(x)) for x in v] for v in rows_all]
+                vrad = [_emax([_up(abs(v[e] - mv[e])) for v, mv in zip(rows_all, mids, strict=True)])
                         for e in range(self.k)]
-                verts = arb_mat([[ZERO] * self.k]
-                                + [[lam * (x - ze) for x, ze in zip(v, z, strict=True)] for v in mids])
+                D = arb_mat([[x - ze for x, ze in zip(v, z, strict=True)] for v in mids])
                 obox = [_up(b + lam * r) for b, r in zip(obox, vrad, strict=True)]
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
-                S.terms.append(make_block(verts, lw["W_O"][h]))
+                S.terms.append(make_pooled(D, scale, starts, mult, lam, lw["W_O"][h]))
             else:
                 lam = ZERO
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])

@@ -278,35 +278,28 @@ class Engine:
             VAb = np.concatenate([Ve[h, :n_anchor]] + [o.Vbox[h] for o in exact])
             s, srad = rules.score_bounds(q[h], qbox[h], KA, KAb, self.scale)
             o, obox, m, wa_lo = rules.anchor_average(s, srad, VA, VAb)
-            rest_hi, rest_V, rest_Vb = [], None, None
-            if rest:
-                seen, vs, vbs = set(), [], []
-                shared = [r for r in rest if r.rot_pos is not None]
-                for r in rest:
-                    if r.rot_pos is None:
-                        rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
-                        rest_hi.append(np.nextafter(rs + rrad, np.inf))
-                if shared:
-                    # Positions sharing unrotated keys: rotate the query back by each position, one product.
+            groups = []
+            for r in rest:
+                if r.share is None:
+                    rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
+                    groups.append((r.V[h], r.Vbox[h], [np.nextafter(rs + rrad, np.inf)]))
+            for key in dict.fromkeys(r.share for r in rest if r.share is not None):
+                # Positions sharing (unrotated) keys and values: the value rows are vertices once; with
+                # RoPE the query is rotated back by each position, (R_p q).(R_i k) = (R_{-i} R_p q).k.
+                shared = [r for r in rest if r.share == key]
+                r0 = shared[0]
+                if r0.rot_pos is not None:
                     rp = np.array([r.rot_pos for r in shared])
                     cos, sin, cerr = rules.rope_cos_sin(-rp, self.cfg.rotary_dim, self.cfg.rotary_base)
                     Qr, Qrb = rules.rotate(np.broadcast_to(q[h], (len(rp), self.k)),
                                            np.broadcast_to(qbox[h], (len(rp), self.k)), cos, sin, cerr)
-                    for key in {id(r.K) for r in shared}:
-                        grp = [j for j, r in enumerate(shared) if id(r.K) == key]
-                        r0 = shared[grp[0]]
-                        S, Srad = rules.score_rows(Qr[grp], Qrb[grp], r0.K[h], r0.Kbox[h], self.scale)
-                        top = np.nextafter((S + Srad).max(axis=1), np.inf)
-                        rest_hi.extend(top[:, None])
-                for r in rest:
-                    key = id(r) if r.share is None else r.share
-                    if key not in seen:
-                        seen.add(key)
-                        vs.append(r.V[h])
-                        vbs.append(r.Vbox[h])
-                rest_V = np.concatenate(vs)
-                rest_Vb = np.concatenate(vbs)
-            S, lam = rules.head_output_set(o, obox, m, wa_lo, rest_hi, rest_V, rest_Vb, lw.W_O[h])
+                    S, Srad = rules.score_rows(Qr, Qrb, r0.K[h], r0.Kbox[h], self.scale)
+                    his = list(np.nextafter(S + Srad, np.inf))
+                else:
+                    rs, rrad = rules.score_bounds(q[h], qbox[h], r0.K[h], r0.Kbox[h], self.scale)
+                    his = [np.nextafter(rs + rrad, np.inf)] * len(shared)
+                groups.append((r0.V[h], r0.Vbox[h], his))
+            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h])
             lams.append(lam)
             total = S if total is None else total.add(S)
         return total.shift(lw.b_O), lams

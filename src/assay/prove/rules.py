@@ -21,7 +21,7 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from assay.prove.affine import AffineSet, Term, make_block, new_id
+from assay.prove.affine import AffineSet, Term, make_pooled, new_id
 from assay.prove.fp import ABS_ERF, REL_EXP, TINY, U, down, exp_bounds, gamma, next_down, next_up, up
 
 # Taylor remainder of g(y) = y / sqrt(|y|^2/d + eps): |R| <= (1/2) sup|D^2 g| |h|^2 and
@@ -78,6 +78,17 @@ def norm_lower_bound(Y: AffineSet, lo: np.ndarray, hi: np.ndarray, ys: np.ndarra
     return max(box_lb, dir_lb)
 
 
+def expansion_point(Y: AffineSet, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    """The better of the box midpoint and the set's center as Taylor point, with r >= sup |y - point|."""
+    best = None
+    for ys in (0.5 * (lo + hi), Y.center):
+        hw = up(np.maximum(hi - ys, ys - lo), 2)
+        r = min(float(up(np.linalg.norm(hw), Y.d + 4)), Y.l2_radius(ys))
+        if best is None or r < best[1]:
+            best = (ys, r)
+    return best
+
+
 def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> AffineSet:
     """A set containing LN(x) for every x in X.
 
@@ -92,9 +103,7 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
     d = X.d
     Y = X.center_coords()
     lo, hi = Y.coord_bounds()
-    ys = 0.5 * (lo + hi)
-    hw = up(np.maximum(hi - ys, ys - lo), 2)
-    r = min(float(up(np.linalg.norm(hw), d + 4)), Y.l2_radius(ys))
+    ys, r = expansion_point(Y, lo, hi)
     sig = math.sqrt(float((ys * ys).mean()) + eps)
     sig_lo = float(down(sig, d + 8))
     sqd = math.sqrt(d)
@@ -221,13 +230,20 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str) -> AffineSet:
     a, b, mu = relax_activation(lo, hi, act)
     H = P.scale(a).shift(b)
     out = H.affine(W_out, b_out)
-    rows = np.nonzero(mu > 0)[0]
+    # Relaxation errors of rounding size go to the box; the others are the zonotope's generators.
+    small = mu <= ZONO_MIN * (1.0 + np.maximum(np.abs(lo), np.abs(hi)))
+    if small.any():
+        out.box = up(out.box + up(mu[small] @ np.abs(W_out[small]), int(small.sum()) + 2), 2)
+    rows = np.nonzero(~small & (mu > 0))[0]
     if rows.size:
         Z = mu[rows, None] * W_out[rows]
         t = Term(new_id(), "zono", Z)
         out.box = up(out.box + t.col_error(up(U * np.abs(Z))), 2)
         out.terms.append(t)
     return out
+
+
+ZONO_MIN = 1e-9  # relative size below which a neuron's relaxation error goes to the box
 
 
 # --------------------------------------------------------------------------------------- RoPE
@@ -351,37 +367,56 @@ def head_output_set(
     obox: np.ndarray,
     m: float,
     wa_lo: float,
-    rest_hi: list[np.ndarray],
-    rest_V: np.ndarray | None,
-    rest_Vbox: np.ndarray | None,
+    groups: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]],
     W_O: np.ndarray,
 ) -> tuple[AffineSet, float]:
-    """The set of possible outputs of one head (mapped by W_O), and lambda_max.
+    """The set of possible outputs of one head (mapped by W_O), and Lambda (the bound on the total
+    weight of the non-anchor positions).
 
-    ``rest_hi``: for each non-anchor position, upper bounds of its possible scores (one per variant);
-    ``rest_V``: all possible values (rows) of the non-anchor positions, ``rest_Vbox`` their error boxes.
-    The output is (1 - lam) o_A + lam u with u in conv(rest values), lam = W_R / (W_A + W_R) <=
-    lambda_max = W_R^max / (W_A^min + W_R^max); so output - o lies in
-    box_A + conv({0} u lambda_max (V_R - o)) + lambda_max box_R.
+    ``groups``: (values V [nv, k], their error boxes, and for every position holding one of these rows
+    the upper bounds of its scores, one per row). With W_A the anchors' softmax mass and w_i the free
+    positions' (shift m), the output is o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w)
+    <= e^{u_i} / (W_A^min + e^{u_i}) =: lambda_i(row) and sum_i c_i <= Lambda = W_R^max / (W_A^min +
+    W_R^max): a pooled term (affine.pooled_max) whose rows' scales are the largest lambda_i over the
+    positions of the group (each position holds one row).
     """
-    if not rest_hi:
+    if not groups:
         return AffineSet.point(o, obox).affine(W_O), 0.0
+    exps = []
     wr = 0.0
-    for hi in rest_hi:
-        x = hi - m
-        _, e_hi = exp_bounds(x, up(U * np.abs(x), 2))
-        wr += float(e_hi.max())
-    wr = float(up(wr, len(rest_hi) + 2))
+    npos = 0
+    for _V, _Vb, his in groups:
+        ex = []
+        for hi in his:
+            x = hi - m
+            _, e_hi = exp_bounds(x, up(U * np.abs(x), 2))
+            ex.append(e_hi)
+            wr += float(e_hi.max())
+            npos += 1
+        exps.append(ex)
+    wr = float(up(wr, npos + 2))
     if not math.isfinite(wr) or wa_lo <= 0.0:
         lam = 1.0
     else:
         lam = min(1.0, float(up(wr / (wa_lo + wr), 4)))
-    D = rest_V - o
-    Vv = lam * D
-    verr = up(3 * U * np.abs(Vv).max(axis=0) + lam * rest_Vbox.max(axis=0), 4)
-    verts = np.vstack([np.zeros((1, o.shape[0])), Vv])
+    D, scale, starts, mult, vb = [], [], [], [], []
+    row = 0
+    for (V, Vb, _his), ex in zip(groups, exps, strict=True):
+        sc = np.zeros(V.shape[0])
+        for e in ex:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                li = np.where(np.isfinite(e), e / (wa_lo + e), 1.0) if wa_lo > 0 else np.ones_like(e)
+            sc = np.maximum(sc, up(np.nan_to_num(li, nan=1.0), 4))
+        scale.append(np.minimum(sc, lam))
+        D.append(V - o)
+        vb.append(Vb.max(axis=0))
+        starts.append(row)
+        mult.append(len(ex))
+        row += V.shape[0]
+    D = np.concatenate(D)
+    verr = up(lam * (3 * U * np.abs(D).max(axis=0) + np.max(vb, axis=0)), 4)
     S = AffineSet.point(o, up(obox + verr, 2)).affine(W_O)
-    S.terms.append(make_block(verts, W_O))
+    S.terms.append(make_pooled(D, np.concatenate(scale), np.array(starts), np.array(mult), lam, W_O))
     return S, lam
 
 
