@@ -535,3 +535,23 @@ def test_nonlinear_probe_reads_ba_from_a_mixed_digit_pair_that_a_linear_probe_ca
     assert lin[("BA", 2)] < 0.6 < 0.95 < nonlin[("BA", 2)]
     assert nonlin[("MC1", 2)] > 0.95 and nonlin[("MS9", 2)] > 0.95
     assert nonlin[("BA", 3)] < 0.2  # column 3 is not in x
+
+
+def test_digit_error_kinds_of_answerers_with_known_mistakes():
+    a, b = addition.random_operands(np.random.default_rng(16), 20_000)
+    sr = rules.sub_results(a, b, 5)
+    kinds = failures.ERROR_KINDS
+
+    def answers(carry_in: np.ndarray) -> np.ndarray:
+        return rules.answer_digits_from(sr["BA"], carry_in)[:, ::-1]  # token order
+
+    two = failures.digit_error_kinds(a, b, answers(rules.lookback_carries(a, b, 2)), 5)
+    assert two["total"] > 0 and two["by_kind"][kinds[4]] == two["total"]  # only long cascades are missed
+    one = failures.digit_error_kinds(a, b, answers(rules.lookback_carries(a, b, 1)), 5)
+    assert one["by_kind"][kinds[3]] > 0 and one["by_kind"][kinds[3]] + one["by_kind"][kinds[4]] == one["total"]
+    nine_is_carry = np.zeros((len(a), 6), dtype=bool)
+    nine_is_carry[:, 1:] = sr["MC1"] | sr["MS9"]  # mistakes every sum-9 column below for a carry
+    nine = failures.digit_error_kinds(a, b, answers(nine_is_carry), 5)
+    assert nine["total"] > 0 and nine["by_kind"][kinds[0]] == nine["total"]
+    exact = failures.digit_error_kinds(a, b, rules.exact_answer_digits(a, b)[:, ::-1], 5)
+    assert exact["total"] == 0

@@ -97,6 +97,7 @@ def failure_analysis(model: Any, a: np.ndarray, b: np.ndarray, n_digits: int,
         "cascade_rate": float(cascade.mean()),
         "wrong_by_digit": {f"A{n_digits - i}": int((~ok_digits[:, i]).sum()) for i in range(n_digits + 1)},
         "wrong_by_us9_run": {str(r): int((wrong & (runs == r)).sum()) for r in range(int(runs.max()) + 1)},
+        "digit_errors": digit_error_kinds(a, b, pred, n_digits),
         "rule": {
             "all": rate(np.ones(len(a), dtype=bool)),
             "model_wrong": rate(wrong),
@@ -109,6 +110,56 @@ def failure_analysis(model: Any, a: np.ndarray, b: np.ndarray, n_digits: int,
             "model_right_rule_wrong": int((ok & rule_wrong).sum()),
         },
         "examples": examples,
+    }
+
+
+ERROR_KINDS = (
+    "false carry, column below sums to 9",
+    "false carry, other",
+    "missed carry made in the column below (MC1)",
+    "missed carry passed through one sum-9 column",
+    "missed carry passed through two or more sum-9 columns",
+    "other digit",
+)
+
+
+def digit_error_kinds(a: np.ndarray, b: np.ndarray, pred: np.ndarray, n_digits: int) -> dict[str, Any]:
+    """Return counts of wrong answer digits by kind, and per answer digit.
+
+    A wrong digit A_k is a *false carry* when the model wrote BA_k + 1 with no carry into column k (split
+    by whether column k-1 sums to 9: a sum-9 column mistaken for a carry), a *missed carry* when it wrote
+    BA_k while a carry was due (split by how far the carry came: made in column k-1, passed through one
+    sum-9 column, or through two or more), and *other* otherwise.
+    """
+    sr = rules.sub_results(a, b, n_digits)
+    carry = rules.carries(a, b, n_digits)
+    ba = np.zeros((len(a), n_digits + 1), dtype=np.int64)
+    ba[:, :n_digits] = sr["BA"]
+    ms9 = np.zeros((len(a), n_digits + 1), dtype=bool)
+    ms9[:, 1:] = sr["MS9"]  # ms9[:, k]: column k-1 sums to 9
+    mc1 = np.zeros((len(a), n_digits + 1), dtype=bool)
+    mc1[:, 1:] = sr["MC1"]
+    # how many consecutive sum-9 columns the carry into column k passed (0: made just below)
+    through = np.zeros((len(a), n_digits + 1), dtype=np.int64)
+    for k in range(2, n_digits + 1):
+        through[:, k] = np.where(carry[:, k] & ~mc1[:, k] & ms9[:, k], through[:, k - 1] + 1, 0)
+    model = pred[:, ::-1]  # units first
+    exact = rules.exact_answer_digits(a, b, n_digits)
+    wrong = model != exact
+    false_carry = wrong & ~carry & (model == (ba + 1) % 10)
+    missed = wrong & carry & (model == ba)
+    kinds = {
+        ERROR_KINDS[0]: false_carry & ms9,
+        ERROR_KINDS[1]: false_carry & ~ms9,
+        ERROR_KINDS[2]: missed & (through == 0),
+        ERROR_KINDS[3]: missed & (through == 1),
+        ERROR_KINDS[4]: missed & (through >= 2),
+    }
+    kinds[ERROR_KINDS[5]] = wrong & ~false_carry & ~missed
+    return {
+        "total": int(wrong.sum()),
+        "by_kind": {k: int(v.sum()) for k, v in kinds.items()},
+        "by_digit": {f"A{k}": {kk: int(v[:, k].sum()) for kk, v in kinds.items()} for k in range(n_digits, -1, -1)},
     }
 
 

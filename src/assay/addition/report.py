@@ -51,8 +51,8 @@ def _log(msg: str, progress: bool) -> None:
 def phase_steps(records: list[dict[str, Any]], key: str, smooth: int = 5, window: int = 3) -> dict[str, Any]:
     """Return when a loss curve drops: the start and end loss; the first step at which the smoothed loss
     is below the geometric midpoint of the two (``half_step``) and below 0.1 nats (``below_0.1``); and
-    the middle of the ``window`` records over which the smoothed log-loss falls most (``steepest_step``,
-    the phase transition)."""
+    the middle of the ``window`` records over which the smoothed loss falls most (``steepest_step``,
+    the phase transition; absolute loss, so that late noise on a small loss cannot win)."""
     steps = np.array([r["step"] for r in records if key in r])
     y = np.array([r[key] for r in records if key in r], dtype=float)
     if len(y) < 2:
@@ -67,8 +67,7 @@ def phase_steps(records: list[dict[str, Any]], key: str, smooth: int = 5, window
     dropped = len(below_half) > 0 and end < start
     steepest = None
     if len(ys) > window and end < start:
-        ls = np.log(np.maximum(ys, 1e-12))
-        fall = ls[window:] - ls[:-window]
+        fall = ys[window:] - ys[:-window]
         j = int(np.argmin(fall))
         steepest = int(round((st[j] + st[j + window]) / 2))
     return {"start": start, "end": end, "half_step": int(st[below_half[0]]) if dropped else None,
@@ -266,7 +265,7 @@ def render_markdown(s: dict[str, Any]) -> str:
                   for k, v in ph.items() if isinstance(v, dict) and v]
     lines += ["## Training phases", "",
               f"Source: {ph['source']}. `steepest drop`: the middle of the 3 records (30 steps) over which the "
-              "smoothed log-loss falls most (the phase transition); `half-way`: the first step at which the "
+              "smoothed loss falls most (the phase transition); `half-way`: the first step at which the "
               "smoothed loss is below the geometric midpoint of its start and end values.", "",
               _md_table(["curve", "start loss", "end loss", "steepest drop at step", "half-way step",
                          "first step < 0.1"], phase_rows), ""]
@@ -356,6 +355,9 @@ def render_markdown(s: dict[str, Any]) -> str:
               _md_table(["category", "wrong"], [[c, v] for c, v in fa["wrong_by_category"].items()]), "",
               _md_table(["longest sum-9 carry run", "wrong"], [[k, v] for k, v in fa["wrong_by_us9_run"].items()]), "",
               _md_table(["answer digit", "wrong"], [[k, v] for k, v in fa["wrong_by_digit"].items()]), "",
+              "Wrong digits by kind (false carry: the model wrote BA + 1 with no carry due; missed carry: it wrote "
+              "BA while a carry was due, by how far the carry came):", "",
+              _md_table(["kind", "wrong digits"], [[k, v] for k, v in fa["digit_errors"]["by_kind"].items()]), "",
               "### The two-column look-back rule against the model", "",
               "A_n = (D_n + D'_n + MC1_{n-1} + [not MC1_{n-1} and MS9_{n-1} and MC1_{n-2}]) mod 10. "
               f"On these questions the rule is wrong exactly on the cascades: {rule['rule_wrong_equals_cascade']}.", "",
