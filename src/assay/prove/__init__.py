@@ -9,5 +9,6 @@ See docs/prove.md for the claim, every bound and why it is sound.
 
 from assay.prove.api import ProveResult, prove
 from assay.prove.check import CertificateError, check
+from assay.prove.design import DesignResult, design
 
-__all__ = ["CertificateError", "ProveResult", "check", "prove"]
+__all__ = ["CertificateError", "DesignResult", "ProveResult", "check", "design", "prove"]

@@ -155,7 +155,7 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
     return Term(new_id(), "block", M, V=V, vnorm=vnorm, vlo=V.min(axis=0), vhi=V.max(axis=0))
 
 
-POOL_T = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+POOL_T = (0.0, 1 / 8, 1 / 4, 1 / 2)
 
 
 def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float) -> np.ndarray:
@@ -176,8 +176,11 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
     for f in POOL_T:
         t = top * f
         Y = scale[:, None] * (X - t)
-        err = 3 * U * np.abs(Y)
-        gmax = np.maximum(np.maximum.reduceat(Y + err, starts, axis=0), 0.0)
+        Y += 3 * U * np.abs(Y)
+        if len(starts) == 1:
+            gmax = np.maximum(Y.max(axis=0), 0.0)[None, :]
+        else:
+            gmax = np.maximum(np.maximum.reduceat(Y, starts, axis=0), 0.0)
         val = up(total * t + mult @ gmax, len(mult) + 4)
         best = val if best is None else np.minimum(best, val)
     return best
@@ -314,6 +317,11 @@ class AffineSet:
             lo = np.maximum(lo, next_down(self.center - self.r_cap))
             hi = np.minimum(hi, next_up(self.center + self.r_cap))
         return lo, hi
+
+    def abs_bound(self) -> np.ndarray:
+        """A cheap upper bound of |x_j| over the set (each term's l2 sup bounds every coordinate)."""
+        spread = sum((t.l2_sup() for t in self.terms), 0.0)
+        return up(np.abs(self.center) + self.box + spread, len(self.terms) + 4)
 
     def l2_radius(self, about: np.ndarray | None = None) -> float:
         """Upper bound of sup |x - about|_2 over the set (about defaults to the center)."""

@@ -167,7 +167,7 @@ def spectral_upper(M: arb_mat) -> arb:
 _ids = itertools.count()
 
 
-POOL_T = (0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+POOL_T = (0.0, 1 / 8, 1 / 4, 1 / 2)
 
 
 def pooled_max(X: list[list], pool) -> list[arb]:
@@ -961,7 +961,7 @@ class Checker:
             q = [qh[0] for qh in self._proj_sets(layer, X, position, ("Q",))["Q"]]
         attn, lams = self._attention(layer, q, position, others, self.n_fix if n_anchor is None else n_anchor)
         out = self._finish(layer, X, attn)
-        return _tidy(out), lams
+        return (out if final else _tidy(out)), lams
 
     def _finish(self, layer: int, X: CSet, attn: CSet) -> CSet:
         lw = self.layers[layer]

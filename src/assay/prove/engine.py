@@ -79,7 +79,7 @@ class Options:
     """Knobs of the bound; recorded in the certificate so that the checker follows the same recipe."""
 
     n_refine: int = 8  # always evaluate the exact support for this many worst competitors
-    max_refine: int = 64  # at most this many non-positive competitors get exact evaluations per case
+    max_refine: int = 32  # at most this many non-positive competitors get exact evaluations per case
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine}
@@ -322,7 +322,7 @@ class Engine:
             src = X if self.cfg.parallel_attn_mlp else mid
             xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
             out = mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
-        return _tidy(out), lams
+        return (out if final else _tidy(out)), lams
 
     # ------------------------------------------------------------------ cases
     def final_set(self, L: int, last: int | None) -> tuple[AffineSet, list[float]]:
@@ -346,7 +346,7 @@ class Engine:
             q, qbox = qkv[0][:, p, :], qkv[1][:, p, :]
             attn, lams = self._attention(layer, q, qbox, p, [], self.n_fix)
             out = self._finish(layer, Xs[0], attn)
-            return _tidy(out), lams
+            return out, lams
         positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
         x, xerr = self._embed(np.array(tail), np.array(positions))
         X = [AffineSet.point(x[j], xerr[j]) for j in range(len(tail))]
@@ -401,9 +401,7 @@ class Engine:
         def evaluate(exact):
             best = None
             for S, M, Merr, beta, betaerr, sig in paths:
-                lo_s, hi_s = S.coord_bounds()
-                smax = np.maximum(np.abs(lo_s), np.abs(hi_s))
-                ferr = up(smax @ Merr, S.d)
+                ferr = up(S.abs_bound() @ Merr, S.d)
                 lo = S.functional_bounds(M, exact=exact)[0]
                 lo = sum_bounds([lo, -ferr])[0]
                 if sig is not None:
