@@ -89,6 +89,10 @@ def head_roles(reads: list[dict[str, Any]], n_digits: int, carried: dict[tuple, 
         role = {0: "BA: reads the answer's own column",
                 1: "MC1/MS9: reads the column below",
                 2: "MC1: reads two columns below"}.get(common, f"reads {common} columns below")
+        if layer > 0:
+            # a later layer's keys hold what earlier layers computed at each position, not just that token
+            role = ("a later layer: its keys are positions whose residual stream already mixes columns, so the "
+                    "column it attends to is not the column it reads; see the probes")
         out.append({"layer": layer, "head": head, "offsets": offs, "offset": common,
                     "consistent": sum(o == common for o in inner), "of": len(inner), "role": role,
                     "carried": {d: carried.get((layer, head, d), []) for d in offs}})
