@@ -435,10 +435,11 @@ def test_time_to_loss_reads_validation_and_training_batches():
     history = [{"step": 0, "val_loss": 2.0, "wall_seconds": 0.0}, {"step": 100, "val_loss": 0.05, "wall_seconds": 50.0},
                {"step": 200, "val_loss": 0.008, "wall_seconds": 110.0}]
     log = [{"step": s, "loss": 1.0 / s} for s in range(10, 210, 10)]
-    t = time_to_loss(history, log, 0.01)
-    assert t["validation"] == {"step": 200, "wall_seconds": 110.0}
-    assert t["training_batches"]["step"] == 100 and t["training_batches"]["wall_seconds"] == pytest.approx(50.0)
-    assert time_to_loss(history, log, 1e-9) == {"target_loss": 1e-9, "validation": None, "training_batches": None}
+    t = time_to_loss(history, log, 0.01, 0.5)
+    assert t["validation"] == {"step": 200, "wall_seconds": 100.0}
+    assert t["training_batches"] == {"step": 100, "wall_seconds": 50.0}
+    none = time_to_loss(history, log, 1e-9, 0.5)
+    assert none["validation"] is None and none["training_batches"] is None
 
 
 def test_resumed_training_keeps_one_record_per_step(tiny_recipe, tmp_path):
@@ -508,7 +509,7 @@ def test_demo_section_on_a_stand_in_shipped_model(tmp_path, monkeypatch):
         for s in range(10, 210, 10)))
     record_eval(root / "addition-1l", {"n": 100, "accuracy": 0.5, "ci95": [0.4, 0.6], "loss": 0.7})
     facts = training_facts(json.loads((root / "addition-1l" / "card.json").read_text()))
-    assert facts["time_to_target"] == {"step": 20, "wall_seconds": 9.5}
+    assert facts["time_to_target"] == {"step": 20, "wall_seconds": 10.0}  # 20 steps of 10 s / 20
     assert facts["eval_random"]["n"] == 100
     monkeypatch.setattr(demo, "N_UNIFORM", 300)
     monkeypatch.setattr(demo, "N_CATEGORY", 20)
@@ -516,7 +517,7 @@ def test_demo_section_on_a_stand_in_shipped_model(tmp_path, monkeypatch):
     monkeypatch.setenv("ASSAY_MODELS", str(root))
     (tmp_path / "out" / "figures").mkdir(parents=True)
     html = demo.section(DemoContext(out=tmp_path / "out", fig_dir=tmp_path / "out" / "figures"))
-    assert "addition-1l" in html and "cascade" in html and "step 20, 9.5 s" in html
+    assert "addition-1l" in html and "cascade" in html and "step 20, 10.0 s" in html
     assert (tmp_path / "out" / "figures" / "addition-1l-attention.png").is_file()
     assert (tmp_path / "out" / "figures" / "addition-1l-curves.png").is_file()
 

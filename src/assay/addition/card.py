@@ -15,8 +15,10 @@ CARD_EVAL_KEY = "eval_random"
 def training_facts(card: dict[str, Any], target_loss: float = 0.01) -> dict[str, Any]:
     """Return steps, final validation metrics, throughput and the first evaluation at which val loss <= target.
 
-    ``time_to_target``: step and wall seconds of the first validation record with ``val_loss <= target_loss``
-    (validation runs every ``eval_every`` steps, so this is an upper bound at that resolution), or None.
+    ``time_to_target``: step of the first validation record with ``val_loss <= target_loss`` (validation
+    runs every ``eval_every`` steps, so this is an upper bound at that resolution) and its wall time
+    estimated at the run's mean rate, or None. (The loop's per-record ``wall_seconds`` double-count each
+    session's time, so they are not used.)
     """
     hist = card.get("history", [])
     hit = next((r for r in hist if r.get("val_loss", float("inf")) <= target_loss), None)
@@ -35,11 +37,16 @@ def training_facts(card: dict[str, Any], target_loss: float = 0.01) -> dict[str,
         "sessions": card.get("sessions"),
         "eval_every": train.get("eval_every"),
         "target_loss": target_loss,
-        "time_to_target": {"step": hit["step"], "wall_seconds": hit.get("wall_seconds")} if hit else None,
+        "time_to_target": {"step": hit["step"], "wall_seconds": _wall_at(card, hit["step"])} if hit else None,
         "time_to_loss": card.get("time_to_loss"),
         "n_parameters": card.get("n_parameters"),
         CARD_EVAL_KEY: card.get(CARD_EVAL_KEY),
     }
+
+
+def _wall_at(card: dict[str, Any], step: int) -> float | None:
+    steps, wall = card.get("steps"), card.get("wall_seconds")
+    return round(step * wall / steps, 1) if steps and wall else None
 
 
 def record_eval(model_dir: str | Path, result: dict[str, Any]) -> Path:

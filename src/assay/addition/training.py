@@ -148,20 +148,26 @@ def train_addition(
     return path
 
 
-def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float) -> dict[str, Any]:
+def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float,
+                 seconds_per_step: float | None) -> dict[str, Any]:
     """Return when training first reached ``target`` loss: on validation (every eval_every steps) and on the
-    training batches (10-step means from the digit log), with wall seconds interpolated between validation records."""
+    training batches (10-step means from the digit log).
+
+    Wall seconds are estimated as step x the run's mean seconds per step (``card wall_seconds / steps``):
+    the ``wall_seconds`` inside the loop's history records count each session's elapsed time twice
+    (assay.train adds the elapsed time to a total that already includes it), so they are not used.
+    """
     val = next((r for r in history if r.get("val_loss", float("inf")) <= target), None)
     train_hit = next((r for r in digit_log if r.get("loss", float("inf")) <= target), None)
-    pts = [(r["step"], r["wall_seconds"]) for r in history if "wall_seconds" in r]
-    wall = None
-    if train_hit is not None and len(pts) >= 2:
-        steps, secs = zip(*pts, strict=True)
-        wall = float(np.interp(train_hit["step"], steps, secs))
+
+    def at(step: int) -> dict[str, Any]:
+        return {"step": step, "wall_seconds": round(step * seconds_per_step, 1) if seconds_per_step else None}
+
     return {
         "target_loss": target,
-        "validation": {"step": val["step"], "wall_seconds": val.get("wall_seconds")} if val else None,
-        "training_batches": {"step": train_hit["step"], "wall_seconds": wall} if train_hit else None,
+        "validation": at(val["step"]) if val else None,
+        "training_batches": at(train_hit["step"]) if train_hit else None,
+        "wall_seconds_estimate": "step x card wall_seconds / steps",
     }
 
 
@@ -170,7 +176,10 @@ def _record_time_to_loss(model_dir: Path, target: float = 0.01) -> None:
     if not card_path.is_file():
         return
     card = json.loads(card_path.read_text())
-    card["time_to_loss"] = time_to_loss(card.get("history", []), read_digit_log(model_dir / DIGIT_LOG), target)
+    steps, wall = card.get("steps"), card.get("wall_seconds")
+    per_step = wall / steps if steps and wall else None
+    card["time_to_loss"] = time_to_loss(card.get("history", []), read_digit_log(model_dir / DIGIT_LOG), target,
+                                        per_step)
     atomic_write_text(card_path, json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
