@@ -1,0 +1,96 @@
+"""How the overwhelm prover's time and memory grow with n_fix and n_free (printed table, fitted exponents).
+
+Model: the shipped ``overwhelm-1l`` (1 layer, 1 head, d_model 128, vocab 4096, RoPE) when present,
+else a random-init model of that shape. Claims: a prefix cut from real text (the test sentences,
+repeated), a one-token suffix (the paper's query token), every free token allowed.
+
+Reported per run: wall seconds, CPU seconds of this process (BLAS is kept on one thread by the
+prover, so CPU seconds are what an idle core would take; wall time also counts waiting for a shared
+machine), peak traced memory (numpy allocations, via tracemalloc), the number of cases and the
+certified margin. Exponents are least-squares slopes of log CPU time against log n_fix (largest
+n_free) and log n_free (largest n_fix).
+
+    python benchmarks/prove_scaling.py            # full grid (a few minutes of CPU)
+    python benchmarks/prove_scaling.py --quick    # small grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from assay.model import ModelConfig, Transformer, load, shipped_models
+from assay.prove import prove
+
+
+def get_model():
+    if "overwhelm-1l" in shipped_models():
+        return load("overwhelm-1l"), "overwhelm-1l"
+    cfg = ModelConfig(n_layers=1, d_model=128, n_heads=1, d_head=128, d_mlp=512, d_vocab=4096, n_ctx=2048,
+                      act_fn="relu", positional_embedding_type="rotary")
+    m = Transformer(cfg)
+    m.init_weights(seed=0)
+    return m.eval(), "random-init (overwhelm-1l shape)"
+
+
+def text_ids(model, n: int) -> list[int]:
+    tok = getattr(model, "tokenizer", None)
+    path = Path(__file__).resolve().parents[1] / "tests" / "data" / "sentences.txt"
+    if tok is not None and path.is_file():
+        ids = tok.encode(path.read_text()).ids
+    else:
+        ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 2000).tolist()
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def slope(xs, ys) -> float:
+    lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    return float(np.polyfit(lx, ly, 1)[0]) if len(xs) > 1 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small grid")
+    args = ap.parse_args()
+    model, name = get_model()
+    n_fixes = [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024]
+    n_frees = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    print(f"model: {name}  (d_model {model.cfg.d_model}, heads {model.cfg.n_heads}, vocab {model.cfg.d_vocab})")
+    print(f"{'n_fix':>6} {'n_free':>6} {'cases':>6} {'wall s':>8} {'cpu s':>8} {'peak MB':>8} {'proven':>7} "
+          f"{'margin':>10}")
+    rows = []
+    ids = text_ids(model, max(n_fixes) + 1)
+    for n_fix in n_fixes:
+        for n_free in n_frees:
+            prefix = ids[:n_fix]
+            suffix = [ids[n_fix]]
+            tracemalloc.start()
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = prove(model, prefix, n_free, suffix=suffix)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            rows.append((n_fix, n_free, wall, cpu, peak))
+            m = r.best_margin if r.best_margin is not None else math.nan
+            print(f"{n_fix:6d} {n_free:6d} {r.details['n_cases']:6d} {wall:8.2f} {cpu:8.2f} {peak:8.1f} "
+                  f"{str(r.proven):>7} {m:10.3f}", flush=True)
+    big_free = max(n_frees)
+    big_fix = max(n_fixes)
+    by_fix = [(f, c) for f, fr, _w, c, _p in rows if fr == big_free]
+    by_free = [(fr, c) for f, fr, _w, c, _p in rows if f == big_fix]
+    print(f"\nCPU time ~ n_fix^{slope(*zip(*by_fix, strict=True)):.2f} at n_free={big_free};"
+          f" ~ n_free^{slope(*zip(*by_free, strict=True)):.2f} at n_fix={big_fix}")
+    mem_fix = [(f, p) for f, fr, _w, _c, p in rows if fr == big_free]
+    print(f"peak memory ~ n_fix^{slope(*zip(*mem_fix, strict=True)):.2f} at n_free={big_free}")
+    target = [c for f, fr, _w, c, _p in rows if f == 1024 and fr == 64]
+    if target:
+        print(f"n_fix 1024, n_free 64: {target[0]:.1f} CPU seconds (goal: < 10)")
+
+
+if __name__ == "__main__":
+    main()
