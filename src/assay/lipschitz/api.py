@@ -158,10 +158,16 @@ def analyze(
     tset = TokenSet("layernorm" if amap.layernorm else "ball", R, amap.d_model)
     gen = torch.Generator().manual_seed(seed)
     text_X = None
-    if input_kind == "text" or (input_kind == "adversarial" and text is not None):
+    if input_kind in ("text", "adversarial"):
         body, _ = source_text(text)
-        toks = text_windows(model, n, 1, body)[0]
-        text_X = tset.project(attention_inputs(model, layer, toks, layernorm=amap.layernorm))
+        try:
+            toks = text_windows(model, n, 1, body)[0]
+        except BadInput:
+            if input_kind == "text":
+                raise
+            toks = None  # too little text for a seed: the adversarial search does without it
+        if toks is not None:
+            text_X = tset.project(attention_inputs(model, layer, toks, layernorm=amap.layernorm))
     mc = map_constants(amap, max_offset=min(n, 64))
     ub = upper_bounds(amap, tset, n, mc)
     if input_kind == "adversarial":

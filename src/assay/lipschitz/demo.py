@@ -59,7 +59,8 @@ def _run(ctx: Any) -> tuple[list[Any], list[str], str]:
     minilm = load_model("minilm")
     cfg = SweepConfig("minilm", 0, 0, False, label="minilm")
     curves = [text_curve(minilm, cfg, DEMO_PLAN["text_ns"], DEMO_PLAN["windows"], text)]
-    curves.append(adversarial_curve(minilm, cfg, DEMO_PLAN["adv_ns"], curves[0].radius, DEMO_PLAN["steps"]))
+    curves.append(adversarial_curve(minilm, cfg, DEMO_PLAN["adv_ns"], curves[0].radius, DEMO_PLAN["steps"],
+                                    text=text))
     ours = _resolve_ours()
     if ours is not None:
         ctx.log(f"lipschitz: {ours} L0H0 on text")

@@ -175,16 +175,24 @@ def text_curve(model: Any, cfg: SweepConfig, ns: list[int], windows: int, text: 
 
 def adversarial_curve(
     model: Any, cfg: SweepConfig, ns: list[int], R: float, steps: int, layernorm: bool = False, seed: int = 0,
-    experiment: str = "adversarial",
+    experiment: str = "adversarial", text: str | None = None,
 ) -> Curve:
-    """Return, for each n: the best lower bound (ascent), the paper's construction alone, the proved bounds."""
+    """Return, for each n: the best lower bound (ascent; seeds include ``text`` when given), the paper's
+    construction alone, and the proved bounds."""
     amap = attention_map(model, cfg.layer, head=cfg.head, causal=cfg.masked, layernorm=layernorm)
     tset = TokenSet("layernorm" if layernorm else "ball", R, amap.d_model)
     curve = Curve(cfg.key(), experiment, R, tset.kind)
     mc = map_constants(amap, max_offset=min(max(ns), 64))
     for n in ns:
         t0 = time.perf_counter()
-        lb = lower_bound(amap, tset, n, steps=steps, seed=seed)
+        text_X = None
+        if text is not None:  # a real-text seed, projected onto the set
+            try:
+                toks = text_windows(model, n, 1, text)[0]
+                text_X = tset.project(attention_inputs(model, cfg.layer, toks, layernorm=layernorm))
+            except BadInput:
+                pass
+        lb = lower_bound(amap, tset, n, text=text_X, steps=steps, seed=seed)
         seeds = dict(construction_seeds(amap, tset, n, heads=1))
         key = next((k for k in seeds if k.startswith("eigen+")), None)
         construction = jacobian_norm(amap, seeds[key], tol=1e-8, max_iter=500).value if key else None
@@ -269,7 +277,7 @@ def run_sweep(out: str | Path, quick: bool = False, configs: str | None = None, 
         if cfg.model == "gpt2-random" and quick:
             radii = [PAPER_RADIUS[cfg.model]]
         for R in radii:
-            curves.append(adversarial_curve(model, cfg, adv_ns, R, plan["steps"], seed=seed))
+            curves.append(adversarial_curve(model, cfg, adv_ns, R, plan["steps"], seed=seed, text=text))
     # The radius study: the first configuration's head, on the ball and on the LayerNorm set.
     if cfgs:
         cfg = cfgs[0]
