@@ -81,7 +81,7 @@ def eval_cmd(args: argparse.Namespace) -> Outcome:
     else:
         a, b = addition.random_operands(np.random.default_rng(args.seed), args.random, n)
         source = f"{args.random} uniform random questions (seed {args.seed})"
-    r = evaluate(model, a, b, n)
+    r = evaluate(model, a, b, n, progress=len(a) > 8192)
     data = {"model": args.model, "source": source, "n": r["n"], "accuracy": r["accuracy"], "ci95": r["ci95"],
             "loss": r["loss"], "by_category": r["by_category"], "per_digit": r["per_digit"]}
     if args.card:

@@ -113,10 +113,18 @@ def summarize(ce: np.ndarray, correct_digits: np.ndarray, cats: np.ndarray, n_di
 
 
 def evaluate(model: Any, a: np.ndarray, b: np.ndarray, n_digits: int | None = None,
-             hooks: HookList = ()) -> dict[str, Any]:
-    """Return :func:`summarize` of the model on the questions (a, b): accuracy, loss, by_category, per_digit."""
+             hooks: HookList = (), progress: bool = False) -> dict[str, Any]:
+    """Return :func:`summarize` of the model on the questions (a, b): accuracy, loss, by_category, per_digit.
+
+    ``progress`` prints a progress line on stderr (questions done, rate) every chunk of 8,192.
+    """
     n = n_digits_of(model) if n_digits is None else n_digits
-    ce, pred = answer_stats(model, a, b, n, hooks)
+    if progress and not hooks:
+        from assay.addition.failures import model_answers
+
+        ce, pred = model_answers(model, a, b, n, progress=True)
+    else:
+        ce, pred = answer_stats(model, a, b, n, hooks)
     truth = addition.example_token_array(a, b, n)[:, -(n + 1) :]
     return summarize(ce, pred == truth, rules.category_indices(a, b, n), n)
 
