@@ -70,11 +70,18 @@ class Term:
     vlo: np.ndarray | None = None  # per-coordinate lower bound of the coefficient
     vhi: np.ndarray | None = None  # per-coordinate upper bound of the coefficient
     pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total)
+    diag: bool = False  # M is square and diagonal (kept by elementwise scaling only)
     _l2: float | None = None  # cached l2_sup (M never changes in place)
     _dev: tuple | None = None  # cached coord_dev
 
-    def with_M(self, M: np.ndarray) -> Term:
-        return replace(self, M=M, _l2=None, _dev=None)
+    def with_M(self, M: np.ndarray, diag: bool = False) -> Term:
+        return replace(self, M=M, diag=diag, _l2=None, _dev=None)
+
+    def times(self, A: np.ndarray) -> np.ndarray:
+        """fl(M @ A); for a diagonal M the same numbers at O(d K) (the zeros add exactly)."""
+        if self.diag:
+            return np.diagonal(self.M)[:, None] * A
+        return self.M @ A
 
     def col_error(self, E: np.ndarray) -> np.ndarray:
         """Upper bound, per output coordinate j, of |coef . E[:, j]| over the term's coefficients,
@@ -155,7 +162,7 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
     return Term(new_id(), "block", M, V=V, vnorm=vnorm, vlo=V.min(axis=0), vhi=V.max(axis=0))
 
 
-POOL_T = (0.0, 1 / 8, 1 / 4, 1 / 2)
+POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
 def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float) -> np.ndarray:
@@ -262,7 +269,9 @@ class AffineSet:
     def scale(self, a: np.ndarray) -> AffineSet:
         """The image {x * a} (elementwise, a of length d)."""
         a = np.asarray(a, dtype=np.float64)
-        return self._map(lambda X: X * a, lambda _X, XL: up(U * np.abs(XL)), lambda r: up(r * np.abs(a)))
+        out = self._map(lambda X: X * a, lambda _X, XL: up(U * np.abs(XL)), lambda r: up(r * np.abs(a)))
+        out.terms = [t2.with_M(t2.M, diag=t1.diag) for t1, t2 in zip(self.terms, out.terms, strict=True)]
+        return out
 
     def shift(self, v: np.ndarray, verr: np.ndarray | float = 0.0) -> AffineSet:
         """The set {x + t : |t - v| <= verr} (v a float vector read exactly)."""
@@ -271,7 +280,17 @@ class AffineSet:
         return AffineSet(c, box, list(self.terms))
 
     def center_coords(self) -> AffineSet:
-        """The image under centering C = I - 11^T/d (LayerNorm's mean subtraction)."""
+        """The image under centering C = I - 11^T/d (LayerNorm's mean subtraction); memoised while the
+        set is unchanged (the final LayerNorm's two bounds both need it)."""
+        key = (len(self.terms), id(self.box), id(self.center))
+        memo = getattr(self, "_cc", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        out = self._center_coords()
+        self._cc = (key, out)
+        return out
+
+    def _center_coords(self) -> AffineSet:
         d = self.d
         g = gamma(d + 2)
 
@@ -382,7 +401,7 @@ def _cheap_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, 
     the coefficient's l2 mass / box for blocks and pooled terms (no pass over their rows)."""
     if t.kind not in ("block", "pooled"):
         return _exact_support(t, A, an)
-    B = t.M @ A
+    B = t.times(A)
     k, d = t.M.shape
     EB = gamma(d) * np.multiply.outer(row_norms(t.M), an)
     bn = up(col_norms(B) + col_norms(EB))
@@ -397,7 +416,7 @@ def _cheap_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, 
 
 def _exact_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact (up to rounding, which is bounded) min and max of coef @ M @ A[:, k] over the term."""
-    B = t.M @ A
+    B = t.times(A)
     k = t.M.shape[0]
     d = t.M.shape[1]
     # |fl(M A) - M A| <= gamma(d) |M_e| |A_k|

@@ -167,7 +167,7 @@ def spectral_upper(M: arb_mat) -> arb:
 _ids = itertools.count()
 
 
-POOL_T = (0.0, 1 / 8, 1 / 4, 1 / 2)
+POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
 def pooled_max(X: list[list], pool) -> list[arb]:

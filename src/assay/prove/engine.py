@@ -398,31 +398,39 @@ class Engine:
                        + U * np.abs(bb + bd), len(W.lnf_b) + 4)
             paths = [(Z, A, Aerr, bd, bderr, None), (Y, Aw, Awerr, bb + bd, bberr + bderr, (s_lo, s_hi))]
 
-        def evaluate(exact):
+        def evaluate(cols):
+            """Bounds for the competitors `cols` (all when None): cheap support, or exact for a subset."""
+            idx = slice(None) if cols is None else cols
             best = None
             for S, M, Merr, beta, betaerr, sig in paths:
-                ferr = up(S.abs_bound() @ Merr, S.d)
-                lo = S.functional_bounds(M, exact=exact)[0]
+                Mi = M[:, idx]
+                ferr = up(S.abs_bound() @ Merr[:, idx], S.d)
+                exact = None if cols is None else np.arange(Mi.shape[1])
+                lo = S.functional_bounds(Mi, exact=exact)[0]
                 lo = sum_bounds([lo, -ferr])[0]
                 if sig is not None:
                     lo = np.where(lo >= 0, np.nextafter(lo / sig[1], -np.inf), np.nextafter(lo / sig[0], -np.inf))
-                val = sum_bounds([lo, beta, -betaerr])[0]
+                val = sum_bounds([lo, beta[idx], -betaerr[idx]])[0]
                 best = val if best is None else np.maximum(best, val)
-            best[c] = np.inf
-            return best
+            if cols is None:
+                best[c] = np.inf
+                return best
+            full = np.full(len(bd), -np.inf)
+            full[cols] = best
+            return full
 
         cheap = evaluate(None)
-        if refine is None:
-            order = np.argsort(cheap, kind="stable")
-            order = order[order != c]
-            bad = [int(k) for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
-            refine = sorted(set(bad) | {int(k) for k in order[: self.opts.n_refine]})
-        if refine:
+        if refine is not None:
+            if not refine:
+                return cheap, []
             ex = np.array(refine, dtype=np.int64)
-            out = np.maximum(cheap, evaluate(ex))
-        else:
-            out = cheap
-        return out, list(refine)
+            return np.maximum(cheap, evaluate(ex)), list(refine)
+        # Refine the n_refine worst competitors and every other non-positive one (at most max_refine).
+        order = [int(k) for k in np.argsort(cheap, kind="stable") if k != c]
+        bad = [k for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
+        refine = sorted(set(bad) | set(order[: self.opts.n_refine]))
+        ex = np.array(refine, dtype=np.int64)
+        return np.maximum(cheap, evaluate(ex)), refine
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)

@@ -121,10 +121,10 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
         gn = float(up(np.linalg.norm(g), d + 4))
         if lip >= gn + sqd:
             out = AffineSet.point(np.zeros(d))
-            out.terms.append(Term(new_id(), "ell", np.eye(d) * float(up(sqd, 2))))
+            out.terms.append(Term(new_id(), "ell", np.eye(d) * float(up(sqd, 2)), diag=True))
         else:
             out = AffineSet.point(g, gerr)
-            out.terms.append(Term(new_id(), "ell", np.eye(d) * lip))
+            out.terms.append(Term(new_id(), "ell", np.eye(d) * lip, diag=True))
     else:
         ynorm = float(up(np.linalg.norm(ys), d + 4))
         ay = np.abs(ys)
@@ -152,7 +152,7 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
             return up(up(diag + 4 * U * rr, 4) / sig_lo + ay * off / (c2 * sig_lo), 8)
 
         out = Y.shift(-ys)._map(apply, err, box_map).shift(g, gerr)
-        out.terms.append(Term(new_id(), "ell", np.eye(d) * rho))
+        out.terms.append(Term(new_id(), "ell", np.eye(d) * rho, diag=True))
     return out.scale(w).shift(b)
 
 
