@@ -261,3 +261,15 @@ def test_model_loaded_from_file_uses_the_file_hash(tmp_path):
     other.weights_sha256 = "0" * 64  # came from some other file
     with pytest.raises(CertificateError, match="file hash"):
         check(r.certificate, other)
+
+
+def test_fields_added_after_proving_are_allowed(certs):
+    """The command line adds the model's name to the certificate it writes; that must still check."""
+    m, r = certs["rope-relu/suffix"]
+    cert = dict(r.certificate)
+    cert["model"] = "some-model"
+    assert check(cert, m)
+    bad = dict(cert)
+    bad.pop("claim")
+    with pytest.raises(CertificateError, match="incomplete"):
+        check(bad, m)

@@ -45,8 +45,11 @@ LN_REMAINDER = arb(0.6)
 GELU_D2_MAX = arb(0.8)
 GELU_GRID = 17
 SPEC_SQUARINGS = 4
-REQUIRED = ("format", "model_sha256", "model_sha256_source", "weights_state_sha256", "model_config", "prefix",
-            "suffix", "n_free", "allowed", "token", "margin", "method", "cases", "proven", "digest")
+# The certificate's own fields, covered by its digest (other fields may be added, e.g. a model name).
+DIGEST_FIELDS = ("format", "claim", "proven", "model_sha256", "model_sha256_source", "weights_state_sha256",
+                 "weights_state_sha256_is", "model_config", "prefix", "suffix", "n_free", "allowed", "token",
+                 "margin", "method", "cases")
+REQUIRED = DIGEST_FIELDS + ("digest",)
 
 ZERO = arb(0)
 ONE = arb(1)
@@ -1077,7 +1080,7 @@ def check(certificate: Any, model) -> bool:
         _fail(f"certificate is incomplete: missing {', '.join(missing)}")
     if cert["format"] != FORMAT:
         _fail(f"unknown certificate format {cert['format']!r}")
-    body = {k: v for k, v in cert.items() if k != "digest"}
+    body = {k: cert.get(k) for k in DIGEST_FIELDS}
     try:
         dig = hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
     except (TypeError, ValueError) as e:

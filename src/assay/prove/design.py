@@ -209,6 +209,11 @@ def design(
             proven_result = (list(prefix), r)
             break
     prefix, r = proven_result or final
+    for rec in tried:  # JSON-able: no infinities
+        if rec.get("best_margin") is not None and not np.isfinite(rec["best_margin"]):
+            rec["best_margin"] = None
+        elif rec.get("best_margin") is not None:
+            rec["best_margin"] = float(rec["best_margin"])
     return DesignResult(
         prefix=prefix,
         proven=r.proven,
