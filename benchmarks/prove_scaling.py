@@ -10,6 +10,10 @@ machine), peak traced memory (numpy allocations, via tracemalloc), the number of
 certified margin. Exponents are least-squares slopes of log CPU time against log n_fix (largest
 n_free) and log n_free (largest n_fix).
 
+A second table does the same for a *designed* prefix on overwhelm-1l (the token " congreg" repeated,
+suffix "."; found by scanning repeated "attention magnet" tokens, see docs/prove.md), where proofs
+happen, and ``--check`` also times the independent checker on the proven certificate with n_free = 1.
+
     python benchmarks/prove_scaling.py            # full grid (a few minutes of CPU)
     python benchmarks/prove_scaling.py --quick    # small grid
 """
@@ -56,6 +60,7 @@ def slope(xs, ys) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid")
+    ap.add_argument("--check", action="store_true", help="also time check() on a proven certificate (slow)")
     args = ap.parse_args()
     model, name = get_model()
     n_fixes = [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024]
@@ -90,6 +95,26 @@ def main() -> None:
     target = [c for f, fr, _w, c, _p in rows if f == 1024 and fr == 64]
     if target:
         print(f"n_fix 1024, n_free 64: {target[0]:.1f} CPU seconds (goal: < 10)")
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return
+    b, q = tok.encode(" congreg").ids[-1], tok.encode(".").ids[-1]
+    n_fix = max(n_fixes)
+    print(f"\ndesigned prefix: {tok.decode([b])!r} x {n_fix}, suffix {tok.decode([q])!r}")
+    print(f"{'n_free':>6} {'cases':>6} {'cpu s':>8} {'proven':>7} {'margin':>10} {'Lambda(L=n_free)':>17}")
+    for n_free in ([1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 64]):
+        c0 = time.process_time()
+        r = prove(model, [b] * n_fix, n_free, suffix=[q])
+        cpu = time.process_time() - c0
+        lam = r.details["per_length"][-1]["lambda_max"][0]
+        print(f"{n_free:6d} {r.details['n_cases']:6d} {cpu:8.2f} {str(r.proven):>7} {r.best_margin:10.3f} {lam:17.3f}",
+              flush=True)
+        if args.check and n_free == 1 and r.proven:
+            from assay.prove import check
+
+            c0 = time.process_time()
+            ok = check(r.certificate, model)
+            print(f"       check: {ok} in {time.process_time() - c0:.1f} CPU seconds", flush=True)
 
 
 if __name__ == "__main__":
