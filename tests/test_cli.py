@@ -104,7 +104,7 @@ def test_models_lists_the_shipped_models(models):
         (["design", "tiny", "--n-fix", "0", "--n-free", "1"], "--n-fix"),
         (["check", "no-such-cert.json"], "no such file"),
         (["train", "tiny", "--steps", "-5"], "--steps"),
-        (["lipschitz", "tiny"], "not available yet"),
+        (["lipschitz", "tiny"], "--layer is required"),
         (["addition"], "choose a subcommand"),
         (["frobnicate"], "invalid choice"),
     ],

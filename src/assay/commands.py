@@ -251,40 +251,11 @@ def design_cmd(args: argparse.Namespace) -> Outcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# Capabilities with their own command modules (``assay.<capability>.commands``, each registering its
-# subcommands with ``@command``). Until a module exists, its commands answer with one line and exit 2
-# rather than pretend.
+# Capabilities with their own command modules (``assay.<capability>.commands``), each registering its
+# subcommands with ``@command`` when imported.
 
-
-def _rest(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-
-def _not_yet(what: str, issue: int):
-    def run(args: argparse.Namespace) -> Outcome:
-        raise BadInput(f"'assay {what}' is not available yet (tracked in issue {issue})")
-
-    return run
-
-
-_CAPABILITIES = {
-    "lipschitz": (4, [("lipschitz", None, "paper 2: Lipschitz constant of attention (not yet)")]),
-    "erasure": (7, [("erasure", None, "paper 5: erasure and direct logit attribution (not yet)")]),
-    "addition": (5, [(n, "addition", f"{n} (not yet)") for n in ("train", "eval", "analyze")]),
-    "saturation": (6, [(n, "saturation", f"{n} (not yet)") for n in ("construct", "bits", "circuit", "meter")]),
-}
-
-for _cap, (_issue, _placeholders) in _CAPABILITIES.items():
-    try:
-        importlib.import_module(f"assay.{_cap}.commands")
-    except ModuleNotFoundError as _e:
-        if _e.name is None or not f"assay.{_cap}.commands".startswith(_e.name):
-            raise
-        for _name, _group, _help in _placeholders:
-            _full = f"{_group} {_name}" if _group else _name
-            command(_name, help=_help, example=f"assay {_full} --help", args=_rest, group=_group)(
-                _not_yet(_full, _issue)
-            )
+for _cap in ("lipschitz", "erasure", "addition", "saturation"):
+    importlib.import_module(f"assay.{_cap}.commands")
 
 
 # ---------------------------------------------------------------------------------------------
