@@ -438,8 +438,12 @@ def test_time_to_loss_reads_validation_and_training_batches():
     t = time_to_loss(history, log, 0.01, 0.5)
     assert t["validation"] == {"step": 200, "wall_seconds": 100.0}
     assert t["training_batches"] == {"step": 100, "wall_seconds": 50.0}
+    assert t["reached"] and t["note"] is None
     none = time_to_loss(history, log, 1e-9, 0.5)
     assert none["validation"] is None and none["training_batches"] is None
+    assert none["reached"] is False and "not reached in 200 steps" in none["note"]
+    assert none["lowest_validation"] == {"step": 200, "val_loss": 0.008}
+    assert none["lowest_training_batches"] == {"step": 200, "loss": 1.0 / 200}
 
 
 def test_resumed_training_keeps_one_record_per_step(tiny_recipe, tmp_path):
