@@ -100,6 +100,16 @@ def test_answers_match_python_integer_addition():
         assert (rules.digits_to_int(rules.lookback_answer_digits(a, b, depth)) == a + b).all()
 
 
+def test_question_generator_is_uniform_over_the_operand_range():
+    a, b = addition.random_operands(np.random.default_rng(17), 200_000)
+    assert a.min() >= 0 and b.min() >= 0 and a.max() < 10**5 and b.max() < 10**5
+    for x in (a, b):  # every digit of every column uniform on 0..9 (sd of a frequency: ~0.00067)
+        digits = np.stack([(x // 10**k) % 10 for k in range(5)], axis=1)
+        freq = np.stack([(digits == d).mean(axis=0) for d in range(10)])
+        assert np.abs(freq - 0.1).max() < 0.004
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01  # the two operands are drawn independently
+
+
 def test_sub_results_and_carries_against_school_addition():
     a, b = all_pairs(2)
     sr = rules.sub_results(a, b, 2)

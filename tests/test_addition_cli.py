@@ -90,6 +90,7 @@ def test_eval_each_kind_of_malformed_question_exits_2_naming_the_line(models, tm
 def test_eval_bad_inputs(models, tmp_path):
     # the message names the model directory whose vocabulary is wrong
     assert_bad_input(run("eval", str(models / "not-add"), "--random", "10"), "vocabulary", str(models / "not-add"))
+    assert_bad_input(run("eval", str(models / "tiny-add"), "--random", "10", "--card"), "no card.json")
     missing = str(tmp_path / "missing.txt")
     assert_bad_input(run("eval", str(models / "tiny-add"), "--questions", missing), "no such file")
 

@@ -65,6 +65,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
          "with 95%% Wilson intervals",
          example="assay addition eval addition-1l --random 10000 --json", args=_eval_args)
 def eval_cmd(args: argparse.Namespace) -> Outcome:
+    from pathlib import Path
+
     import numpy as np
 
     from assay.addition.evaluate import evaluate, n_digits_of, read_questions
@@ -75,6 +77,8 @@ def eval_cmd(args: argparse.Namespace) -> Outcome:
     n = n_digits_of(model)
     if args.card and args.random is None:
         raise BadInput("--card records an evaluation on --random questions only")
+    if args.card and not (model.source_dir is not None and (Path(model.source_dir) / "card.json").is_file()):
+        raise BadInput(f"{args.model}: has no card.json to record the evaluation in")  # before any work
     if args.questions is not None:
         a, b = read_questions(args.questions, n)
         source = args.questions
