@@ -100,6 +100,16 @@ def test_answers_match_python_integer_addition():
         assert (rules.digits_to_int(rules.lookback_answer_digits(a, b, depth)) == a + b).all()
 
 
+def test_question_generator_is_uniform_over_the_operand_range():
+    a, b = addition.random_operands(np.random.default_rng(17), 200_000)
+    assert a.min() >= 0 and b.min() >= 0 and a.max() < 10**5 and b.max() < 10**5
+    for x in (a, b):  # every digit of every column uniform on 0..9 (sd of a frequency: ~0.00067)
+        digits = np.stack([(x // 10**k) % 10 for k in range(5)], axis=1)
+        freq = np.stack([(digits == d).mean(axis=0) for d in range(10)])
+        assert np.abs(freq - 0.1).max() < 0.004
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01  # the two operands are drawn independently
+
+
 def test_sub_results_and_carries_against_school_addition():
     a, b = all_pairs(2)
     sr = rules.sub_results(a, b, 2)
@@ -174,6 +184,12 @@ def test_two_column_rule_agrees_with_addition_exactly_off_cascades():
     a5 = np.array([44445, 6665, 33357, 99999])
     b5 = np.array([55555, 3335, 82243, 1])
     assert list(rules.two_column_rule(a5, b5)) == [99000, 9000, 115600, 99000]  # the carry stops after two
+    # independently of the code's categories: where the rule is wrong, school addition sees a carry pass two
+    # consecutive sum-9 columns; on a sample of the rest it does not
+    wrong = np.nonzero(rule != a + b)[0]
+    assert len(wrong) > 0 and all(school(int(a[i]), int(b[i]), 3)[2] >= 2 for i in wrong)
+    right = np.random.default_rng(41).choice(np.nonzero(rule == a + b)[0], 5000, replace=False)
+    assert all(school(int(a[i]), int(b[i]), 3)[2] < 2 for i in right)
     idx = np.random.default_rng(4).choice(len(a), 3000, replace=False)
     for i in idx:  # the column-by-column statement of the rule gives the same answers
         assert rules.two_column_rule_scalar(int(a[i]), int(b[i]), 3) == rule[i]
@@ -438,8 +454,12 @@ def test_time_to_loss_reads_validation_and_training_batches():
     t = time_to_loss(history, log, 0.01, 0.5)
     assert t["validation"] == {"step": 200, "wall_seconds": 100.0}
     assert t["training_batches"] == {"step": 100, "wall_seconds": 50.0}
+    assert t["reached"] and t["note"] is None
     none = time_to_loss(history, log, 1e-9, 0.5)
     assert none["validation"] is None and none["training_batches"] is None
+    assert none["reached"] is False and "not reached in 200 steps" in none["note"]
+    assert none["lowest_validation"] == {"step": 200, "val_loss": 0.008}
+    assert none["lowest_training_batches"] == {"step": 200, "loss": 1.0 / 200}
 
 
 def test_resumed_training_keeps_one_record_per_step(tiny_recipe, tmp_path):
@@ -475,6 +495,25 @@ def test_shipped_model_adds_and_fails_on_cascades():
     assert acc["cascade"] < acc["BA"]
 
 
+def test_ablation_roles_of_planted_head_ablation_rows():
+    base = {"BA": 0.02, "UC1": 0.03, "US9": 0.1, "cascade": 0.2}
+    planted = {0: {"BA": 2.0, "UC1": 1.5, "US9": 1.0, "cascade": 0.9},  # base add
+               1: {"BA": 0.3, "UC1": 1.2, "US9": 0.8, "cascade": 0.7},  # carry
+               2: {"BA": 0.3, "UC1": 0.3, "US9": 0.4, "cascade": 0.3},  # mixed, most on US9
+               3: {"BA": 0.05, "UC1": 0.01, "US9": 0.02, "cascade": 0.09}}  # not needed
+    rows = [{"layer": None, "head": None, "mode": "none", "category": c, "loss": v, "accuracy": 0.9}
+            for c, v in base.items()]
+    for h, d in planted.items():
+        for mode, scale in (("mean", 1.0), ("zero", 0.0)):  # the zero rows must be ignored for mode="mean"
+            rows += [{"layer": 0, "head": h, "mode": mode, "category": c, "loss": base[c] + scale * v,
+                      "accuracy": 0.5} for c, v in d.items()]
+    roles = report.ablation_roles(rows)
+    assert [r["role"].split(":")[0] for r in roles] == ["base add", "carry", "mixed", "not needed"]
+    assert roles[2]["role"].endswith("most on US9")
+    for r in roles:
+        assert r["loss_increase"] == pytest.approx(planted[r["head"]])
+
+
 def test_analysis_report_renders_on_a_tiny_model(tmp_path):
     model_path = tmp_path / "tiny"
     from assay.model import save
@@ -489,6 +528,20 @@ def test_analysis_report_renders_on_a_tiny_model(tmp_path):
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["failures"]["n"] == 600
     assert all((tmp_path / "rep" / "figures" / f).is_file() for f in s["figures"].values())
     assert Path(s["out"]) == tmp_path / "rep"
+    assert "Roles from head ablation" in text and "## Side by side" not in text
+    # re-rendering from the stored measurements changes nothing; with another analysis it adds the table
+    before = (tmp_path / "rep" / "summary.json").read_text()
+    report.rerender(tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.md").read_text() == text
+    report.rerender(tmp_path / "rep", [tmp_path / "rep"])
+    text2 = (tmp_path / "rep" / "report.md").read_text()
+    assert text2.startswith(text.rstrip("\n")) and "## Side by side" in text2
+    fa = json.loads(before)["failures"]
+    entry = json.loads((tmp_path / "rep" / "summary.json").read_text())["side_by_side"][1]
+    assert entry["n_wrong"] == fa["n_wrong"] and entry["accuracy"] == fa["summary"]["accuracy"]
+    assert f"{fa['n_wrong']:,} | {fa['n_wrong']:,} |" in text2
+    with pytest.raises(BadInput, match="no summary.json"):
+        report.rerender(tmp_path / "rep", [tmp_path])
 
 
 def test_demo_section_on_a_stand_in_shipped_model(tmp_path, monkeypatch):

@@ -69,15 +69,28 @@ def test_eval_questions_file(models, tmp_path):
 
 
 def test_eval_malformed_questions_name_the_line(models, tmp_path):
-    # every kind of malformed line is covered in-process by test_addition.py; one end-to-end here
+    # every kind of malformed line is covered in-process by test_addition.py; the three end-to-end
     f = tmp_path / "bad.txt"
     f.write_text("12345+67890\n\n12345+6789x\n")
     assert_bad_input(run("eval", str(models / "tiny-add"), "--questions", str(f), "--json"),
                      "line 3: second operand is not all digits")
 
 
+@pytest.mark.parametrize("bad, needle", [
+    ("1234+67890", "line 2: first operand has 4 digits, not 5"),
+    ("1234567890", "line 2: missing '+'"),
+    ("12345+6789x", "line 2: second operand is not all digits"),
+])
+def test_eval_each_kind_of_malformed_question_exits_2_naming_the_line(models, tmp_path, bad, needle):
+    f = tmp_path / "bad.txt"
+    f.write_text(f"12345+67890\n{bad}\n")
+    assert_bad_input(run("eval", str(models / "tiny-add"), "--questions", str(f)), str(f), needle)
+
+
 def test_eval_bad_inputs(models, tmp_path):
-    assert_bad_input(run("eval", str(models / "not-add"), "--random", "10"), "vocabulary")
+    # the message names the model directory whose vocabulary is wrong
+    assert_bad_input(run("eval", str(models / "not-add"), "--random", "10"), "vocabulary", str(models / "not-add"))
+    assert_bad_input(run("eval", str(models / "tiny-add"), "--random", "10", "--card"), "no card.json")
     missing = str(tmp_path / "missing.txt")
     assert_bad_input(run("eval", str(models / "tiny-add"), "--questions", missing), "no such file")
 
@@ -100,6 +113,9 @@ def test_analyze_and_train_bad_inputs(models, tmp_path):
     assert_bad_input(run("analyze", str(models / "tiny-add"), "--quick", "--out", str(tmp_path / "occupied")),
                      "refusing")
     assert (tmp_path / "occupied" / "precious.txt").read_text() == "x"
+    assert_bad_input(run("analyze", str(models / "tiny-add"), "--quick", "--out", str(tmp_path / "r2"),
+                         "--compare", str(tmp_path / "occupied")), "no summary.json")
+    assert not (tmp_path / "r2").exists()
     assert_bad_input(run("train", "majority-1l", "--steps", "1", "--out", str(tmp_path / "m")),
                      "not an addition recipe")
     assert not (tmp_path / "m").exists()

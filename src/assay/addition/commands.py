@@ -65,6 +65,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
          "with 95%% Wilson intervals",
          example="assay addition eval addition-1l --random 10000 --json", args=_eval_args)
 def eval_cmd(args: argparse.Namespace) -> Outcome:
+    from pathlib import Path
+
     import numpy as np
 
     from assay.addition.evaluate import evaluate, n_digits_of, read_questions
@@ -75,6 +77,8 @@ def eval_cmd(args: argparse.Namespace) -> Outcome:
     n = n_digits_of(model)
     if args.card and args.random is None:
         raise BadInput("--card records an evaluation on --random questions only")
+    if args.card and not (model.source_dir is not None and (Path(model.source_dir) / "card.json").is_file()):
+        raise BadInput(f"{args.model}: has no card.json to record the evaluation in")  # before any work
     if args.questions is not None:
         a, b = read_questions(args.questions, n)
         source = args.questions
@@ -105,13 +109,17 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
                    "(default 100000; 4000 with --quick)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of every sample (default 0)")
     p.add_argument("--quick", action="store_true", help="small samples everywhere (a smoke test, minutes less)")
+    p.add_argument("--compare", action="append", default=[], metavar="DIR",
+                   help="another model's analysis directory (its summary.json); adds a side-by-side table "
+                   "(repeatable)")
     _threads_arg(p)
 
 
 @command("analyze", group="addition",
          help="mechanism report: training phases, position/head ablation, attention staircase, probes, "
          "failures and the two-column rule, declared algorithm vs model (report.md, figures, summary.json)",
-         example="assay addition analyze addition-1l --out models/addition-1l/analysis", args=_analyze_args)
+         example="assay addition analyze addition-2l --out models/addition-2l/analysis "
+         "--compare models/addition-1l/analysis", args=_analyze_args)
 def analyze_cmd(args: argparse.Namespace) -> Outcome:
     import dataclasses
     from pathlib import Path
@@ -128,7 +136,7 @@ def analyze_cmd(args: argparse.Namespace) -> Outcome:
     out = Path(args.out) if args.out else Path(f"addition-analysis-{Path(str(args.model)).name}")
     if out.exists() and not (out / "report.md").is_file() and any(out.iterdir()):
         raise BadInput(f"{out}: exists and is not an addition report directory; refusing to replace it")
-    s = analyze(args.model, out, sizes=sizes, seed=args.seed)
+    s = analyze(args.model, out, sizes=sizes, seed=args.seed, compare=args.compare)
     fa = s["failures"]
     data = {
         "model": args.model, "out": str(out), "report": str(out / "report.md"),
@@ -136,7 +144,7 @@ def analyze_cmd(args: argparse.Namespace) -> Outcome:
         "cascade_share": fa["cascade_share"], "rule_agreement": fa["rule"]["all"]["rate"],
         "rule_agreement_on_failures": fa["rule"]["model_wrong"]["rate"],
         "by_category": fa["summary"]["by_category"],
-        "algorithms": s["algorithms"], "head_roles": s["head_roles"],
+        "algorithms": s["algorithms"], "head_roles": s["head_roles"], "ablation_roles": s["ablation_roles"],
     }
     return Outcome(data, text=f"wrote {out / 'report.md'}: accuracy {fa['summary']['accuracy']:.5f} on {fa['n']} "
                    f"questions, {fa['n_wrong']} wrong, cascade share {fa['cascade_share']}, "

@@ -32,12 +32,14 @@ def n_digits_of(model: Any) -> int:
     and a context of exactly 3n + 3 positions (question and answer) for some n >= 1.
     """
     cfg = model.cfg
+    src = getattr(model, "source_dir", None)
+    where = f"{src}: " if src else ""
     if cfg.d_vocab != addition.D_VOCAB or getattr(model, "tokenizer", None) is not None:
-        raise BadInput(f"model vocabulary has {cfg.d_vocab} ids"
+        raise BadInput(f"{where}model vocabulary has {cfg.d_vocab} ids"
                        f"{' and a text tokenizer' if getattr(model, 'tokenizer', None) is not None else ''}; "
                        f"an addition model has the {addition.D_VOCAB}-id vocabulary '0123456789+='")
     if cfg.n_ctx < 6 or cfg.n_ctx % 3:
-        raise BadInput(f"model context n_ctx={cfg.n_ctx} is not 3n + 3 for an n-digit addition model")
+        raise BadInput(f"{where}model context n_ctx={cfg.n_ctx} is not 3n + 3 for an n-digit addition model")
     return cfg.n_ctx // 3 - 1
 
 

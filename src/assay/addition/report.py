@@ -22,7 +22,7 @@ import numpy as np
 from assay.addition import ablation, attention, failures, figures, probes, rules
 from assay.addition.evaluate import n_digits_of
 from assay.addition.training import DIGIT_LOG, read_digit_log
-from assay.fileutil import atomic_directory
+from assay.fileutil import atomic_directory, atomic_write_text
 from assay.tasks import addition
 
 
@@ -83,8 +83,9 @@ def head_roles(reads: list[dict[str, Any]], n_digits: int, carried: dict[tuple, 
         for r in reads:
             if (r["layer"], r["head"]) == (layer, head):
                 col = int(r["digit"][1:])
-                offs[r["digit"]] = col - r["pair"]
-        inner = [offs[f"A{c}"] for c in range(1, n_digits)]  # A_n and A_0 are edge cases
+                # no offset when no column gets the threshold weight (e.g. A0 has no column below to read)
+                offs[r["digit"]] = col - r["pair"] if r["columns"] else None
+        inner = [offs[f"A{c}"] for c in range(1, n_digits) if offs[f"A{c}"] is not None]  # A_n, A_0: edge cases
         common = max(set(inner), key=inner.count) if inner else None
         role = {0: "BA: reads the answer's own column",
                 1: "MC1/MS9: reads the column below",
@@ -97,6 +98,106 @@ def head_roles(reads: list[dict[str, Any]], n_digits: int, carried: dict[tuple, 
                     "consistent": sum(o == common for o in inner), "of": len(inner), "role": role,
                     "carried": {d: carried.get((layer, head, d), []) for d in offs}})
     return out
+
+
+ROLE_NEEDED = 0.5  # nats: loss increase on a category that makes a head "needed" by it
+ROLE_NEGLIGIBLE = 0.1  # nats: below this on every category, a head is not needed
+
+
+def ablation_roles(rows: list[dict[str, Any]], mode: str = "mean") -> list[dict[str, Any]]:
+    """Return per head its role from head ablation: the loss increase per category and a verdict.
+
+    ``rows`` are :func:`assay.addition.ablation.head_ablation` rows. With d_c the increase of the mean
+    answer-digit loss on category c when the head is ablated (``mode``):
+
+    - *not needed*: d_c < 0.1 nats on every category;
+    - *base add*: d_c >= 0.5 nats on every category, BA questions (no carry anywhere) included;
+    - *carry*: d_BA < 0.5 and some carry category (UC1, US9, cascade) has d_c >= max(0.5, 2 d_BA);
+    - *mixed* otherwise (the category hurt most is named).
+    """
+    base = {r["category"]: r["loss"] for r in rows if r["layer"] is None}
+    heads = list(dict.fromkeys((r["layer"], r["head"]) for r in rows if r["layer"] is not None and r["mode"] == mode))
+    out = []
+    for layer, head in heads:
+        d = {r["category"]: r["loss"] - base[r["category"]] for r in rows
+             if (r["layer"], r["head"], r["mode"]) == (layer, head, mode) and r["category"] in base}
+        acc = {r["category"]: r["accuracy"] for r in rows if (r["layer"], r["head"], r["mode"]) == (layer, head, mode)}
+        carry_cats = [c for c in ("UC1", "US9", "cascade") if c in d]
+        d_ba = d.get("BA", 0.0)
+        worst = max(d, key=lambda c: d[c])
+        if max(d.values()) < ROLE_NEGLIGIBLE:
+            role = "not needed: every category within 0.1 nats of baseline"
+        elif min(d.values()) >= ROLE_NEEDED:
+            role = "base add: needed by every category, BA questions included"
+        elif d_ba < ROLE_NEEDED and any(d[c] >= max(ROLE_NEEDED, 2 * d_ba) for c in carry_cats):
+            role = "carry: needed by questions with carries, far less by BA questions"
+        else:
+            role = f"mixed: raises the loss on every category, most on {worst}"
+        out.append({"layer": layer, "head": head, "mode": mode, "loss_increase": d, "accuracy": acc, "role": role})
+    return out
+
+
+def side_by_side_entry(s: dict[str, Any]) -> dict[str, Any]:
+    """Return the measurements of one analysis summary that the side-by-side table shows."""
+    fa = s["failures"]
+    summ = fa["summary"]
+    algos = {r["algorithm"]: r for r in s.get("algorithms", [])}
+    kinds = fa["digit_errors"]["by_kind"]
+    total = fa["digit_errors"]["total"]
+    main = max(kinds, key=lambda k: kinds[k]) if total else None
+    facts = s.get("card_facts") or {}
+    return {
+        "name": s["name"], "n_layers": s["config"]["n_layers"], "n_heads": s["config"]["n_heads"],
+        "d_model": s["config"]["d_model"], "n_parameters": facts.get("n_parameters"), "steps": facts.get("steps"),
+        "n": fa["n"], "seed": s["seed"], "accuracy": summ["accuracy"], "ci95": summ["ci95"], "loss": summ["loss"],
+        "by_category": {c: v["accuracy"] for c, v in summ["by_category"].items()},
+        "n_wrong": fa["n_wrong"], "cascade_share": fa["cascade_share"],
+        "rule_all": fa["rule"]["all"]["rate"], "rule_cascade": fa["rule"]["cascade"]["rate"],
+        "exact_agreement": algos.get("exact addition", {}).get("question_agreement"),
+        "main_error": main, "main_error_share": kinds[main] / total if main else None,
+        "questions_per_second": facts.get("questions_per_second"), "time_to_loss": facts.get("time_to_loss"),
+    }
+
+
+def _time_to_loss_text(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "—"
+    hits = [f"{src.replace('_', ' ')}: step {t[src]['step']} (~{t[src]['wall_seconds']} s)"
+            for src in ("training_batches", "validation") if t.get(src)]
+    if hits:
+        return "; ".join(hits)
+    low = t.get("lowest_validation")
+    return "not reached" + (f" (lowest validation loss {low['val_loss']:.3g})" if low else "")
+
+
+def render_side_by_side(entries: list[dict[str, Any]]) -> list[str]:
+    """Return markdown lines of the side-by-side table of several analyses (one column per model)."""
+    def row(label: str, f: Any) -> list[Any]:
+        return [label] + [f(e) for e in entries]
+
+    cats = list(entries[0]["by_category"])
+    rows = [
+        row("layers / heads / d_model", lambda e: f"{e['n_layers']} / {e['n_heads']} / {e['d_model']}"),
+        row("parameters", lambda e: f"{e['n_parameters']:,}" if e["n_parameters"] else "—"),
+        row("training steps", lambda e: e["steps"]),
+        row("questions analysed (uniform, seed)", lambda e: f"{e['n']:,} (seed {e['seed']})"),
+        row("accuracy [95% CI]", lambda e: f"{_pct(e['accuracy'])} [{_pct(e['ci95'][0])}, {_pct(e['ci95'][1])}]"),
+        row("mean loss per answer digit", lambda e: e["loss"]),
+        *[row(f"accuracy on {c}", lambda e, c=c: _pct(e["by_category"].get(c))) for c in cats],
+        row("wrong answers", lambda e: f"{e['n_wrong']:,}"),
+        row("cascades among the wrong answers", lambda e: _pct(e["cascade_share"])),
+        row("two-column rule = model (all questions)", lambda e: _pct(e["rule_all"])),
+        row("two-column rule = model (cascades)", lambda e: _pct(e["rule_cascade"])),
+        row("exact addition = model", lambda e: _pct(e["exact_agreement"])),
+        row("commonest kind of wrong digit", lambda e: f"{e['main_error']} ({_pct(e['main_error_share'])})"
+            if e["main_error"] else "—"),
+        row("training throughput (questions/s)", lambda e: e["questions_per_second"]),
+        row("first loss <= 0.01", lambda e: _time_to_loss_text(e["time_to_loss"])),
+    ]
+    return ["## Side by side", "",
+            "Each column is read from that model's own analysis summary (and its card for parameters, steps, "
+            "throughput and time to loss 0.01).", "",
+            _md_table([""] + [f"`{e['name']}`" for e in entries], rows), ""]
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -123,12 +224,61 @@ def category_sets(rng: np.random.Generator, n: int, n_digits: int) -> dict[str, 
     return {c: addition.operands_of_category(rng, c, n, n_digits) for c in cats}
 
 
+def read_summary(analysis_dir: str | Path) -> dict[str, Any]:
+    """Return the ``summary.json`` of an analysis directory; BadInput when it has none or it is corrupt."""
+    from assay.errors import BadInput
+
+    p = Path(analysis_dir) / "summary.json"
+    if not p.is_file():
+        raise BadInput(f"{analysis_dir}: not an addition analysis directory (no summary.json)")
+    try:
+        s = json.loads(p.read_text())
+        s["failures"]["summary"]["accuracy"]  # noqa: B018 - the fields the side-by-side reads
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BadInput(f"{p}: not an addition analysis summary ({type(e).__name__}: {e})") from None
+    return s
+
+
+def derived_sections(summary: dict[str, Any], compare: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Fill in what the report derives from the measurements: head roles (attention, probes), roles from
+    head ablation, and the side-by-side entries of this and the ``compare`` summaries. Returns ``summary``."""
+    n = summary["n_digits"]
+    summary["head_roles"] = head_roles(summary["attention"], n, probes.carried(summary["probes"]))
+    summary["ablation_roles"] = ablation_roles(summary["head_ablation"])
+    summary["side_by_side"] = [side_by_side_entry(x) for x in [summary, *compare]] if compare else []
+    return summary
+
+
+def rerender(analysis_dir: str | Path, compare: list[str | Path] = ()) -> dict[str, Any]:
+    """Rewrite ``report.md`` and ``summary.json`` of an existing analysis from its own measurements.
+
+    Nothing is measured again: head roles, ablation roles and the side-by-side table are recomputed from
+    the stored measurements (and the ``compare`` analyses' summaries), the card facts (parameters, steps,
+    throughput, time to loss 0.01) are read again from the model's card, so a change to the report's
+    derivations can be applied without rerunning the model. Returns the summary.
+    """
+    from assay.model import load_card
+
+    d = Path(analysis_dir)
+    s = read_summary(d)
+    try:
+        card = load_card(s["model"])
+    except Exception:  # noqa: BLE001 - the model may have moved; keep the facts stored at analysis time
+        card = None
+    if card:
+        s["card_facts"] = _card_facts(card)
+    derived_sections(s, [read_summary(c) for c in compare])
+    atomic_write_text(d / "summary.json", json.dumps(s, indent=1, default=_json_default) + "\n")
+    atomic_write_text(d / "report.md", render_markdown(s))
+    return s
+
+
 def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int = 0,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, compare: list[str | Path] = ()) -> dict[str, Any]:
     """Analyse the addition model ``model_ref`` (a directory or shipped name); write the report into ``out``.
 
     Writes ``report.md``, ``summary.json`` and ``figures/*.png`` (atomically: all or nothing) and
-    returns the summary.
+    returns the summary. ``compare``: other analysis directories whose models join a side-by-side table.
     """
     from assay.cli import load_model
     from assay.model import load_card
@@ -139,6 +289,7 @@ def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int =
     model.eval()
     model_dir = Path(model.source_dir) if getattr(model, "source_dir", None) else None
     card = load_card(model_ref) or {}
+    others = [read_summary(c) for c in compare]  # fail before any work
     name = card.get("recipe") or (model_dir.name if model_dir else str(model_ref))
     digit_log = read_digit_log(model_dir / DIGIT_LOG) if model_dir else []
     history = card.get("history", [])
@@ -215,12 +366,21 @@ def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int =
         summary["failures"] = fa
         summary["algorithms"] = failures.compare_algorithms(pred, *fa_q, n)
         summary["card_metrics"] = card.get("metrics")
+        summary["card_facts"] = _card_facts(card)
+        derived_sections(summary, others)
         summary["figures"] = figs
         summary["seconds"] = round(time.perf_counter() - t_start, 1)
         (tmp / "report.md").write_text(render_markdown(summary))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
     summary["out"] = str(out)
     return summary
+
+
+def _card_facts(card: dict[str, Any]) -> dict[str, Any]:
+    from assay.addition.card import training_facts
+
+    f = training_facts(card)
+    return {k: f.get(k) for k in ("n_parameters", "steps", "questions_per_second", "wall_seconds", "time_to_loss")}
 
 
 def _json_default(o: Any) -> Any:
@@ -298,8 +458,11 @@ def render_markdown(s: dict[str, Any]) -> str:
             d = f"A{n - i}"
             r = next(x for x in s["attention"]
                      if (x["layer"], x["head"], x["digit"]) == (role["layer"], role["head"], d))
-            row.append(", ".join(f"col {c} ({w:.2f})" for c, w in list(r["columns"].items())[:2])
-                       + f"; offset {role['offsets'][d]}")
+            if r["columns"]:
+                row.append(", ".join(f"col {c} ({w:.2f})" for c, w in list(r["columns"].items())[:2])
+                           + f"; offset {role['offsets'][d]}")
+            else:
+                row.append(f"no column >= 0.1 (operands get {r['operand_weight']:.2f} in all)")
         rows.append(row)
     lines += [_md_table(header, rows), "", f"![attention](figures/{s['figures']['attention']})", ""]
 
@@ -316,6 +479,15 @@ def render_markdown(s: dict[str, Any]) -> str:
             row.append(f"{r['loss']:.3g} ({100 * r['accuracy']:.1f}%)")
         rows.append(row)
     lines += [_md_table(["ablation"] + cats, rows), "", f"![head ablation](figures/{s['figures']['heads']})", ""]
+    if s.get("ablation_roles"):
+        lines += [f"Roles from head ablation (mean): d = increase of the loss on each category; base add when "
+                  f"d >= {ROLE_NEEDED} on every category, carry when BA questions lose less than {ROLE_NEEDED} and "
+                  f"a carry category at least twice as much (and >= {ROLE_NEEDED}), not needed when every "
+                  f"d < {ROLE_NEGLIGIBLE}.", ""]
+        for r in s["ablation_roles"]:
+            ds = ", ".join(f"{c} {v:+.3g}" for c, v in r["loss_increase"].items())
+            lines.append(f"- L{r['layer']}H{r['head']}: {r['role']} (d: {ds}).")
+        lines.append("")
 
     hp = np.asarray(s["head_position_ablation"]["loss"])  # [layer, head, position, digit]
     rows = []
@@ -386,7 +558,11 @@ def render_markdown(s: dict[str, Any]) -> str:
                         [[r["algorithm"], _pct(r["question_agreement"]), _pct(r["digit_agreement"]),
                           _pct(r["algorithm_accuracy"])] + [_pct(r["by_category"][c]) for c in addition.CATEGORIES]
                          for r in s["algorithms"]]), ""]
+    if s.get("side_by_side"):
+        lines += render_side_by_side(s["side_by_side"])
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["QUICK", "Sizes", "analyze", "category_sets", "head_roles", "phase_steps", "render_markdown", "rules"]
+__all__ = ["QUICK", "Sizes", "ablation_roles", "analyze", "category_sets", "derived_sections", "head_roles",
+           "phase_steps", "read_summary", "render_markdown", "render_side_by_side", "rerender", "rules",
+           "side_by_side_entry"]

@@ -151,7 +151,8 @@ def train_addition(
 def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float,
                  seconds_per_step: float | None) -> dict[str, Any]:
     """Return when training first reached ``target`` loss: on validation (every eval_every steps) and on the
-    training batches (10-step means from the digit log).
+    training batches (10-step means from the digit log). ``reached`` is False (and ``note`` says so) when
+    neither did; ``lowest_validation`` / ``lowest_training_batches`` give how close training came.
 
     Wall seconds are estimated as step x the run's mean seconds per step (``card wall_seconds / steps``):
     the ``wall_seconds`` inside the loop's history records count each session's elapsed time twice
@@ -163,10 +164,19 @@ def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]],
     def at(step: int) -> dict[str, Any]:
         return {"step": step, "wall_seconds": round(step * seconds_per_step, 1) if seconds_per_step else None}
 
+    val_recs = [r for r in history if "val_loss" in r]
+    best_val = min(val_recs, key=lambda r: r["val_loss"], default=None)
+    best_train = min((r for r in digit_log if "loss" in r), key=lambda r: r["loss"], default=None)
+    reached = val is not None or train_hit is not None
+    last = max([r["step"] for r in val_recs] + [r["step"] for r in digit_log], default=None)
     return {
         "target_loss": target,
+        "reached": reached,
         "validation": at(val["step"]) if val else None,
         "training_batches": at(train_hit["step"]) if train_hit else None,
+        "lowest_validation": {"step": best_val["step"], "val_loss": best_val["val_loss"]} if best_val else None,
+        "lowest_training_batches": {"step": best_train["step"], "loss": best_train["loss"]} if best_train else None,
+        "note": None if reached else f"loss {target} was not reached in {last} steps",
         "wall_seconds_estimate": "step x card wall_seconds / steps",
     }
 
