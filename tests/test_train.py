@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,19 @@ def test_resume_after_crash_is_bit_identical(tiny_recipes, tmp_path, name):
     card = json.loads((resumed / "card.json").read_text())
     assert card["sessions"] == 2
     assert [h["step"] for h in card["history"]] == [0, 10, 20]
+
+
+def test_history_wall_seconds_grow_and_stay_within_the_measured_time(tiny_recipes, tmp_path):
+    """Each history record's wall_seconds is the run's elapsed time at that record: increasing, and
+    never more than the time measured around the call (it once counted a session's time twice)."""
+    t0 = time.perf_counter()
+    out = run_recipe("test-majority", out=tmp_path / "m", progress=False)
+    elapsed = time.perf_counter() - t0
+    card = json.loads((out / "card.json").read_text())
+    walls = [h["wall_seconds"] for h in card["history"]]
+    assert walls == sorted(walls)
+    assert walls[-1] <= card["wall_seconds"] + 1e-3
+    assert card["wall_seconds"] <= elapsed
 
 
 def test_interrupt_saves_checkpoint_and_resume_is_bit_identical(tiny_recipes, tmp_path):

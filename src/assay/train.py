@@ -297,7 +297,9 @@ def train(
             record["grad_norm"] = float(np.mean([w["grad_norm"] for w in window]))
             record["lr"] = window[-1]["lr"]
         record.update(data.metrics(model))
-        record["wall_seconds"] = round(state["wall_seconds"] + time.perf_counter() - session_start, 3)
+        # wall time of the whole run so far: earlier sessions plus this one (state["wall_seconds"] is
+        # already updated to "now" inside the loop, so it must not be added to this session's time again)
+        record["wall_seconds"] = round(wall_at_start + time.perf_counter() - session_start, 3)
         model.train()
         state["history"].append(record)
         with log_file.open("a") as f:
