@@ -86,3 +86,12 @@ def test_unsupported_models_are_bad_input():
         compile_construction("parity", 4)
     with pytest.raises(BadInput, match="--n"):
         compile_construction("majority", 0)
+
+
+def test_threshold_gate_with_weights_beyond_float64_is_exact():
+    big = 10**400  # float(big) overflows: the evaluator must fall back to integers
+    c = Circuit(3)
+    c.outputs = [c._append("THRESHOLD", (0, 1, 2), (big, -big, 1), 1)]
+    X = np.array(list(itertools.product((0, 1), repeat=3)))
+    got = c.evaluate(X)[:, 0].tolist()
+    assert got == [big * a - big * b + d >= 1 for a, b, d in X.tolist()]

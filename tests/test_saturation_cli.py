@@ -55,7 +55,7 @@ def test_construct_json(tmp_path):
     assert d["language"] == "majority" and d["n"] == 8
     assert d["correct"] == d["total"] == 2**9 - 2  # every nonempty string up to length 8
     ce = d["hard_counterexample"]
-    assert ce["string"] == "10" and ce["reference"] is False and ce["hard"] is True
+    assert ce["string"] == "10" and ce["reference"] is False and ce["hard"] is True and ce["saturated"] is False
     assert RECOGNISERS["majority"](ce["tokens"]) is False
 
 

@@ -240,11 +240,19 @@ class Circuit:
 
     @staticmethod
     def _threshold_eval(bits: np.ndarray, weights: tuple[int, ...], theta: int) -> np.ndarray:
-        wf = np.array([float(w) for w in weights])
+        try:
+            wf = np.array([float(w) for w in weights])
+            tf = float(theta)
+            finite = math.isfinite(float(np.abs(wf).sum()) + abs(tf))
+        except OverflowError:
+            finite = False
+        if not finite:  # weights beyond float64's range: Python integers for every input
+            ws = np.array(weights, dtype=object)
+            return np.array([sum(ws[bits[:, b]]) >= theta for b in range(bits.shape[1])], dtype=bool)
         s = wf @ bits  # float64; |error| <= len * 2^-52 * sum |w| (plus the rounding of w and theta)
-        bound = (len(weights) + 2) * 2.0**-52 * (float(np.abs(wf).sum()) + abs(float(theta))) * 2
-        out = s >= float(theta)
-        unsure = np.nonzero(np.abs(s - float(theta)) <= bound)[0]
+        bound = (len(weights) + 2) * 2.0**-52 * (float(np.abs(wf).sum()) + abs(tf)) * 2
+        out = s >= tf
+        unsure = np.nonzero(np.abs(s - tf) <= bound)[0]
         for b in unsure:
             exact = sum(w for w, on in zip(weights, bits[:, b], strict=True) if on)
             out[b] = exact >= theta

@@ -64,13 +64,16 @@ def hard_counterexample(language: str, max_len: int = HARD_SEARCH_LEN) -> dict[s
             best = w
     if best is None:
         return None
+    # Both answers are recomputed by whole-sequence runs (not the trie walk), so the reported
+    # disagreement is checked twice, by two evaluation paths of the interpreter.
     sat = c.interpreter().run(list(best))[-1]
+    hard_step = c.interpreter(attention="hard").run(list(best))[-1]
     return {
         "string": to_text("majority" if language == "counter" else language, best),
         "tokens": list(best),
         "reference": c.recognise(best),
         "saturated": c.decide(sat.logits),
-        "hard": not c.recognise(best),
+        "hard": c.decide(hard_step.logits),
     }
 
 
