@@ -242,7 +242,8 @@ def test_majority_bits_match_a_direct_fraction_computation():
         f = Fraction(1, i + 1)
         layer0 = [Fraction(sym), Fraction(first), Fraction(0), Fraction(0)]
         layer1 = [Fraction(sym), Fraction(first), d, f]
-        assert per_pos[i][0] == max(sum(map(_bits, layer0)), sum(map(_bits, layer1)))
+        assert per_pos[i][3] == (sum(map(_bits, layer0)), sum(map(_bits, layer1)))
+        assert per_pos[i][0] == max(per_pos[i][3])
 
 
 def test_dyck1_bits_match_a_direct_fraction_computation():
@@ -264,7 +265,8 @@ def test_dyck1_bits_match_a_direct_fraction_computation():
             [Fraction(sym), first, d, f, 0, 0],
             [Fraction(sym), first, d, f, m, bad],
         ]
-        assert per_pos[i][0] == max(sum(_bits(Fraction(x)) for x in v) for v in vectors), i
+        assert per_pos[i][3] == tuple(sum(_bits(Fraction(x)) for x in v) for v in vectors), i
+        assert per_pos[i][0] == max(per_pos[i][3])
         assert per_pos[i][1] == max(abs(Fraction(x).numerator).bit_length() for v in vectors for x in v)
         assert per_pos[i][2] == max(Fraction(x).denominator.bit_length() for v in vectors for x in v)
 
@@ -293,6 +295,12 @@ def test_profile_bits_grow_logarithmically_for_constructions_and_linearly_for_co
     assert maj["fit"]["r2"] > 0.95 and 1.5 < maj["fit"]["a"] < 4
     assert all(b <= 4 * math.log2(n) + 10 for n, b in maj["points"])
     assert all(p is not None for _, p in maj["precision"]["points"])
+    layers = maj["per_layer"]
+    assert [x["after"] for x in layers] == ["embedding", "layer 0"]
+    assert all(b == max(layers[0]["points"][g][1], layers[1]["points"][g][1])
+               for g, (_, b) in enumerate(maj["points"]))
+    # the embedding (sym = +-1, first = 1, 0, 0) at position 0: 2 + 2 + 1 + 1 bits, never more later
+    assert {b for _, b in layers[0]["points"]} == {6}
     cnt = bitsmod.profile_construction("counter", 600, precision_n_max=0)
     assert cnt["linear_fit"]["r2"] > 0.999 and cnt["linear_fit"]["a"] > 3
 

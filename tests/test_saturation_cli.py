@@ -73,6 +73,8 @@ def test_bits_json():
     assert d["points"][-1][0] == 300 and all(len(x) == 2 for x in d["points"])
     assert set(d["fit"]) >= {"a", "b", "r2"} and d["fit"]["a"] > 0
     assert d["precision"]["points"][-1][0] == 32
+    assert [v["after"] for v in d["per_layer"]] == ["embedding", "layer 0", "layer 1"]
+    assert max(v["points"][-1][1] for v in d["per_layer"]) == d["points"][-1][1]
 
 
 def test_bits_of_a_model_run_exactly(models):

@@ -186,6 +186,8 @@ def bits_cmd(args: argparse.Namespace) -> Outcome:
         lf = data["linear_fit"]
         lines.append(f"linear fit: bits(n) = {lf['a']:.4f} n + {lf['b']:.2f}   (R^2 {lf['r2']:.6f})")
     lines += [f"  n = {n:>7}: {b} bits" for n, b in data["points"]]
+    lines.append("per memory vector at n = {}: ".format(data["points"][-1][0]) + ", ".join(
+        f"{v['after']} {v['points'][-1][1]} bits" for v in data["per_layer"]))
     if "precision" in data:
         lines.append("smallest float precision keeping every decision: " + ", ".join(
             f"n={n}: p={p}" for n, p in data["precision"]["points"]))
