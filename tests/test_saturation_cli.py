@@ -160,6 +160,12 @@ def test_head_spread_tells_argmax_from_mean():
     assert heads[1]["positions_above"] == 1.0 and heads[1]["kind"] == "argmax-like"
 
 
+def test_mean_cosine_by_hand():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [3.0, 4.0]]], dtype=torch.float64)
+    b = torch.tensor([[[0.0, 2.0], [0.0, 0.0], [1.0, 0.0], [6.0, 8.0]]], dtype=torch.float64)
+    assert meter.mean_cosine(a, b) == pytest.approx((0 + 1 + 0 + 1) / 4)
+
+
 def test_cosine_reaches_one_as_c_grows_and_norm_is_the_l2_norm():
     m = _uniform_vs_peaked()
     tokens = torch.randint(0, 3, (3, 10), generator=torch.Generator().manual_seed(0))

@@ -153,9 +153,9 @@ def profile(
 
     Keys: ``points`` ([n, bits]), ``numerator_bits`` / ``denominator_bits`` ([n, largest of any one
     coordinate]), ``fit`` (a * log2 n + b), ``per_layer`` (the same points and fit for each memory
-    vector separately: resid[0] = the embedding, resid[k] = after layer k - 1), ``inputs`` (names), and when ``precision_n_max`` > 0,
-    ``precision`` = {points: [n, p_min], fit}: the largest over the inputs (their first precision_n_max
-    tokens) of the smallest p that keeps every decision.
+    vector separately: resid[0] = the embedding, resid[k] = after layer k - 1), ``inputs`` (names),
+    and when ``precision_n_max`` > 0, ``precision`` = {points: [n, p_min], fit}: the largest over the
+    inputs (their first precision_n_max tokens) of the smallest p that keeps every decision.
     """
     start = time.perf_counter()
     best = [(0, 0, 0)] * len(n_grid)
