@@ -95,3 +95,18 @@ def test_threshold_gate_with_weights_beyond_float64_is_exact():
     X = np.array(list(itertools.product((0, 1), repeat=3)))
     got = c.evaluate(X)[:, 0].tolist()
     assert got == [big * a - big * b + d >= 1 for a, b, d in X.tolist()]
+
+
+@pytest.mark.parametrize("language", ["majority", "dyck1", "anbn"])
+def test_hard_attention_circuit_equals_hard_interpreter(language):
+    from assay.saturation.circuit import verify
+    from assay.saturation.constructions import build
+
+    c = build(language, 8)
+    hard = c.with_attention("hard")
+    circ = compile_model(hard, 8)
+    r = verify(circ, c.interpreter(attention="hard"), c.decide, 8, language)
+    assert r["exhaustive"] and r["inputs_checked"] == 256 and r["all_equal"], r["first_mismatch"]
+    if language == "majority":  # hard attention reads position 0 only: the circuit is the wire x_0
+        X = np.array(list(itertools.product((0, 1), repeat=8)))
+        assert circ.evaluate(X)[:, 0].tolist() == [bool(x[0]) for x in X]
