@@ -112,9 +112,20 @@ def test_meter_json(models):
     (("bits", "nope", "--n-max", "4"), "unknown language or model"),
     (("bits", "majority", "--n-max", "0"), "--n-max"),
     (("bits", "counter", "--n-max", "1000000"), "limit"),
+    (("construct", "majority", "--n", "0"), "must be >= 1"),
+    (("circuit", "majority", "--n", "0"), "must be >= 1"),
+    (("circuit", "majority", "--n", "4", "--dot", "/nonexistent-dir/c.dot"), "does not exist"),
+    (("meter", "no-such-model"), "unknown model"),
 ])
 def test_bad_input_is_one_line(args, needle):
     assert_bad_input(run(*args), needle)
+
+
+def test_circuit_bad_export_path_writes_nothing(tmp_path):
+    p = run("circuit", "majority", "--n", "4", "--out", str(tmp_path / "c.json"),
+            "--dot", str(tmp_path / "no" / "c.dot"))
+    assert_bad_input(p, "does not exist")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_softmax_model_refused_for_an_exact_run(models):

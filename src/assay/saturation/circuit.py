@@ -666,12 +666,38 @@ def fit_power(points: Sequence[Sequence[float]]) -> dict[str, float]:
     return {"k": round(k, 4), "c": round(c, 4), "r2": round(1 - ss_res / ss_tot, 6) if ss_tot else 1.0}
 
 
-def write_exports(circ: Circuit, json_path: str | None, dot_path: str | None) -> None:
-    """Write the circuit as JSON and / or Graphviz DOT (each written whole, then renamed into place)."""
-    for path, text in ((json_path, lambda: json.dumps(circ.to_json())), (dot_path, circ.to_dot)):
+def check_export_paths(*paths: str | None) -> None:
+    """Raise BadInput unless every given path can be written (its directory exists and is writable)."""
+    import os
+
+    for path in paths:
         if path is None:
             continue
         p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text())
+        parent = p.parent if str(p.parent) else Path(".")
+        if p.is_dir():
+            raise BadInput(f"cannot write {path}: it is a directory")
+        if not parent.is_dir():
+            raise BadInput(f"cannot write {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise BadInput(f"cannot write {path}: directory {parent} is not writable")
+
+
+def write_exports(circ: Circuit, json_path: str | None, dot_path: str | None) -> None:
+    """Write the circuit as JSON and / or Graphviz DOT: both are written to temporary files first and
+    renamed into place only when both succeeded (BadInput, nothing left behind, otherwise)."""
+    check_export_paths(json_path, dot_path)
+    jobs = [(Path(path), text) for path, text in
+            ((json_path, lambda: json.dumps(circ.to_json())), (dot_path, circ.to_dot)) if path is not None]
+    tmps: list[Path] = []
+    try:
+        for p, text in jobs:
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmps.append(tmp)
+            tmp.write_text(text())
+    except OSError as e:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise BadInput(f"cannot write the circuit: {e.strerror or e}") from None
+    for (p, _), tmp in zip(jobs, tmps, strict=True):
         tmp.replace(p)

@@ -212,11 +212,12 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
          example="assay saturation circuit dyck1 --n 32 --dot dyck1.dot --json", args=_circuit_args,
          group="saturation")
 def circuit_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.saturation.circuit import MAX_N, compile_construction, write_exports
+    from assay.saturation.circuit import MAX_N, check_export_paths, compile_construction, write_exports
 
     lang = _language(args.language)
     if args.n > MAX_N:
         raise BadInput(f"--n must be in 1..{MAX_N} (circuit size grows like n^3; the memory limit), got {args.n}")
+    check_export_paths(args.out, args.dot)  # before any work, so a bad path is the only line on stderr
     _log(f"compiling {lang} at n = {args.n}")
     res = compile_construction(lang, args.n, random_inputs=args.random, seed=args.seed)
     circ = res.pop("circuit")
