@@ -87,6 +87,32 @@ def test_exact_interpreter_matches_torch(attention, pos, causal, attn_only):
         assert [stream.push(t).logits for t in toks] == [s.logits for s in steps]
 
 
+@pytest.mark.parametrize("attention", ["saturated", "hard"])
+def test_exact_interpreter_matches_torch_on_two_layers(attention):
+    cfg = make_small_config(attention=attention, positional_embedding_type="standard", causal=True,
+                            attn_only=False, normalization_type=None, act_fn="relu", n_layers=2)
+    model = make_random_model(cfg, seed=7)
+    toks = [0, 3, 3, 1, 2, 0, 3, 1]
+    with torch.no_grad():
+        ref = model(torch.tensor([toks]))[0].double()
+    got = torch.tensor([[float(v) for v in s.logits] for s in Interpreter(model).run(toks)], dtype=torch.float64)
+    assert torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("language", CONSTRUCTIONS)
+def test_constructions_exact_logits_match_torch(language):
+    """The hand-built weights run by torch (float64, saturated) and by the exact interpreter give the same
+    logits at every position, not only the same decisions (2-layer networks included)."""
+    c = build(language, 64)
+    rng = random.Random(11)
+    for _ in range(4):
+        w = sample("majority" if language == "counter" else language, 64, rng)
+        with torch.no_grad():
+            ref = c.model(torch.tensor([w]))[0]
+        exact = torch.tensor([[float(v) for v in s.logits] for s in c.interpreter().run(w)], dtype=torch.float64)
+        assert torch.allclose(exact, ref, rtol=0, atol=1e-12), language
+
+
 @pytest.mark.parametrize("opts", [
     dict(normalization_type="LN", act_fn="gelu", positional_embedding_type="rotary"),
     dict(normalization_type="LN", act_fn="gelu_new", ln_position="post", positional_embedding_type="standard"),
@@ -216,7 +242,33 @@ def test_majority_bits_match_a_direct_fraction_computation():
         f = Fraction(1, i + 1)
         layer0 = [Fraction(sym), Fraction(first), Fraction(0), Fraction(0)]
         layer1 = [Fraction(sym), Fraction(first), d, f]
-        assert per_pos[i][0] == max(sum(map(_bits, layer0)), sum(map(_bits, layer1)))
+        assert per_pos[i][3] == (sum(map(_bits, layer0)), sum(map(_bits, layer1)))
+        assert per_pos[i][0] == max(per_pos[i][3])
+
+
+def test_dyck1_bits_match_a_direct_fraction_computation():
+    """Every memory vector of the Dyck-1 network written out with Fraction from the prefix counts alone:
+    d = balance / (i+1), f = 1 / (i+1), m = min_j d_j, bad = |d| + relu(-m)."""
+    c = build("dyck1", 400)
+    w = sample("dyck1", 400, random.Random(5))
+    per_pos, _ = bitsmod.stream_bits(c.interpreter(), w, c.decide)
+    balance, m = 0, None
+    for i, t in enumerate(w):
+        sym = 1 if t == 0 else -1
+        balance += sym
+        first = Fraction(1 if i == 0 else 0)
+        d, f = Fraction(balance, i + 1), Fraction(1, i + 1)
+        m = d if m is None else min(m, d)
+        bad = abs(d) + max(Fraction(0), -m)
+        vectors = [
+            [Fraction(sym), first, 0, 0, 0, 0],
+            [Fraction(sym), first, d, f, 0, 0],
+            [Fraction(sym), first, d, f, m, bad],
+        ]
+        assert per_pos[i][3] == tuple(sum(_bits(Fraction(x)) for x in v) for v in vectors), i
+        assert per_pos[i][0] == max(per_pos[i][3])
+        assert per_pos[i][1] == max(abs(Fraction(x).numerator).bit_length() for v in vectors for x in v)
+        assert per_pos[i][2] == max(Fraction(x).denominator.bit_length() for v in vectors for x in v)
 
 
 def test_counter_construction_packs_the_prefix_and_grows_linearly():
@@ -243,6 +295,12 @@ def test_profile_bits_grow_logarithmically_for_constructions_and_linearly_for_co
     assert maj["fit"]["r2"] > 0.95 and 1.5 < maj["fit"]["a"] < 4
     assert all(b <= 4 * math.log2(n) + 10 for n, b in maj["points"])
     assert all(p is not None for _, p in maj["precision"]["points"])
+    layers = maj["per_layer"]
+    assert [x["after"] for x in layers] == ["embedding", "layer 0"]
+    assert all(b == max(layers[0]["points"][g][1], layers[1]["points"][g][1])
+               for g, (_, b) in enumerate(maj["points"]))
+    # the embedding (sym = +-1, first = 1, 0, 0) at position 0: 2 + 2 + 1 + 1 bits, never more later
+    assert {b for _, b in layers[0]["points"]} == {6}
     cnt = bitsmod.profile_construction("counter", 600, precision_n_max=0)
     assert cnt["linear_fit"]["r2"] > 0.999 and cnt["linear_fit"]["a"] > 3
 

@@ -86,3 +86,69 @@ def test_unsupported_models_are_bad_input():
         compile_construction("parity", 4)
     with pytest.raises(BadInput, match="--n"):
         compile_construction("majority", 0)
+
+
+def test_threshold_gate_with_weights_beyond_float64_is_exact():
+    big = 10**400  # float(big) overflows: the evaluator must fall back to integers
+    c = Circuit(3)
+    c.outputs = [c._append("THRESHOLD", (0, 1, 2), (big, -big, 1), 1)]
+    X = np.array(list(itertools.product((0, 1), repeat=3)))
+    got = c.evaluate(X)[:, 0].tolist()
+    assert got == [big * a - big * b + d >= 1 for a, b, d in X.tolist()]
+
+
+@pytest.mark.parametrize("language", ["majority", "dyck1", "anbn"])
+def test_hard_attention_circuit_equals_hard_interpreter(language):
+    from assay.saturation.circuit import verify
+    from assay.saturation.constructions import build
+
+    c = build(language, 8)
+    hard = c.with_attention("hard")
+    circ = compile_model(hard, 8)
+    r = verify(circ, c.interpreter(attention="hard"), c.decide, 8, language)
+    assert r["exhaustive"] and r["inputs_checked"] == 256 and r["all_equal"], r["first_mismatch"]
+    if language == "majority":  # hard attention reads position 0 only: the circuit is the wire x_0
+        X = np.array(list(itertools.product((0, 1), repeat=8)))
+        assert circ.evaluate(X)[:, 0].tolist() == [bool(x[0]) for x in X]
+
+
+def _random_uniform_attention_model(seed: int, n_layers: int, attention: str) -> Transformer:
+    """Random dyadic weights (multiples of 1/4 in [-2, 2]), zero queries (static tie sets), ReLU MLPs:
+    weights nobody designed, to test the compiler's linear-form and ReLU bookkeeping."""
+    import torch
+
+    cfg = ModelConfig(n_layers=n_layers, d_model=4, n_heads=2, d_head=2, d_vocab=2, n_ctx=8, d_mlp=3,
+                      act_fn="relu", normalization_type=None, positional_embedding_type="standard",
+                      causal=True, attention=attention)
+    m = Transformer(cfg).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randint(-8, 9, p.shape, generator=g).double() / 4)
+        for b in m.blocks:
+            b.attn.W_Q.zero_()
+            b.attn.b_Q.zero_()
+    return m.eval()
+
+
+@pytest.mark.parametrize("seed,n_layers,n", [(0, 1, 6), (1, 1, 6), (2, 1, 6), (0, 2, 3), (3, 2, 3)])
+@pytest.mark.parametrize("attention", ["saturated", "hard"])
+def test_circuit_of_random_weights_equals_interpreter(seed, n_layers, n, attention):
+    import torch
+
+    from assay.saturation.circuit import verify
+    from assay.saturation.interpreter import Interpreter
+
+    m = _random_uniform_attention_model(seed, n_layers, attention)
+    # Centre the decision: shift b_U[0] by (a float near) the median of logits[1] - logits[0] over all
+    # inputs, so that both answers occur and a constant circuit cannot pass.
+    gaps = sorted(s.logits[1] - s.logits[0] for s in
+                  (Interpreter(m).run(list(x))[-1] for x in itertools.product((0, 1), repeat=n)))
+    with torch.no_grad():
+        m.unembed.b_U[0] += float(gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2
+    interp = Interpreter(m)
+    circ = compile_model(m, n)
+    r = verify(circ, interp, lambda logits: logits[1] > logits[0], n, "majority")
+    assert r["exhaustive"] and r["inputs_checked"] == 2**n and r["all_equal"], r["first_mismatch"]
+    answers = circ.evaluate(np.array(list(itertools.product((0, 1), repeat=n))))[:, 0]
+    assert 0 < answers.sum() < 2**n

@@ -55,7 +55,7 @@ def test_construct_json(tmp_path):
     assert d["language"] == "majority" and d["n"] == 8
     assert d["correct"] == d["total"] == 2**9 - 2  # every nonempty string up to length 8
     ce = d["hard_counterexample"]
-    assert ce["string"] == "10" and ce["reference"] is False and ce["hard"] is True
+    assert ce["string"] == "10" and ce["reference"] is False and ce["hard"] is True and ce["saturated"] is False
     assert RECOGNISERS["majority"](ce["tokens"]) is False
 
 
@@ -73,6 +73,8 @@ def test_bits_json():
     assert d["points"][-1][0] == 300 and all(len(x) == 2 for x in d["points"])
     assert set(d["fit"]) >= {"a", "b", "r2"} and d["fit"]["a"] > 0
     assert d["precision"]["points"][-1][0] == 32
+    assert [v["after"] for v in d["per_layer"]] == ["embedding", "layer 0", "layer 1"]
+    assert max(v["points"][-1][1] for v in d["per_layer"]) == d["points"][-1][1]
 
 
 def test_bits_of_a_model_run_exactly(models):
@@ -110,9 +112,20 @@ def test_meter_json(models):
     (("bits", "nope", "--n-max", "4"), "unknown language or model"),
     (("bits", "majority", "--n-max", "0"), "--n-max"),
     (("bits", "counter", "--n-max", "1000000"), "limit"),
+    (("construct", "majority", "--n", "0"), "must be >= 1"),
+    (("circuit", "majority", "--n", "0"), "must be >= 1"),
+    (("circuit", "majority", "--n", "4", "--dot", "/nonexistent-dir/c.dot"), "does not exist"),
+    (("meter", "no-such-model"), "unknown model"),
 ])
 def test_bad_input_is_one_line(args, needle):
     assert_bad_input(run(*args), needle)
+
+
+def test_circuit_bad_export_path_writes_nothing(tmp_path):
+    p = run("circuit", "majority", "--n", "4", "--out", str(tmp_path / "c.json"),
+            "--dot", str(tmp_path / "no" / "c.dot"))
+    assert_bad_input(p, "does not exist")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_softmax_model_refused_for_an_exact_run(models):
@@ -156,6 +169,12 @@ def test_head_spread_tells_argmax_from_mean():
     assert heads[0]["positions_above"] == pytest.approx(5.5)  # mean of 1..10 visible keys
     assert heads[0]["kind"] == "mean-like"
     assert heads[1]["positions_above"] == 1.0 and heads[1]["kind"] == "argmax-like"
+
+
+def test_mean_cosine_by_hand():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [3.0, 4.0]]], dtype=torch.float64)
+    b = torch.tensor([[[0.0, 2.0], [0.0, 0.0], [1.0, 0.0], [6.0, 8.0]]], dtype=torch.float64)
+    assert meter.mean_cosine(a, b) == pytest.approx((0 + 1 + 0 + 1) / 4)
 
 
 def test_cosine_reaches_one_as_c_grows_and_norm_is_the_l2_norm():

@@ -73,18 +73,22 @@ def argmax_decision(logits: Sequence[Any]) -> int:
 
 
 def stream_bits(interp: Interpreter, tokens: Sequence[int], decide: Callable[[Vec], Any],
-                progress: Callable[[int], None] | None = None) -> tuple[list[tuple[int, int, int]], list[Any]]:
+                progress: Callable[[int], None] | None = None,
+                ) -> tuple[list[tuple[int, int, int, tuple[int, ...]]], list[Any]]:
     """Return per position (bits of the largest memory vector, largest numerator bits, largest
-    denominator bits) and the decisions, streaming ``tokens`` through ``interp``."""
+    denominator bits, the bits of each memory vector: a tuple over resid[0] (embedding) .. resid[L])
+    and the decisions, streaming ``tokens`` through ``interp``."""
     st = interp.stream()
     per_pos, decisions = [], []
     for i, t in enumerate(tokens):
         step = st.push(t)
         best = (0, 0, 0)
+        per_layer = []
         for v in step.resid:
             b = vector_bits(v)
+            per_layer.append(b[0])
             best = (max(best[0], b[0]), max(best[1], b[1]), max(best[2], b[2]))
-        per_pos.append(best)
+        per_pos.append((*best, tuple(per_layer)))
         decisions.append(decide(step.logits))
         if progress is not None and i % 1000 == 999:
             progress(i + 1)
@@ -148,12 +152,15 @@ def profile(
     """Return the bit profile over ``inputs`` (name, tokens) at the lengths ``n_grid``.
 
     Keys: ``points`` ([n, bits]), ``numerator_bits`` / ``denominator_bits`` ([n, largest of any one
-    coordinate]), ``fit`` (a * log2 n + b), ``inputs`` (names), and when ``precision_n_max`` > 0,
-    ``precision`` = {points: [n, p_min], fit}: the largest over the inputs (their first precision_n_max
-    tokens) of the smallest p that keeps every decision.
+    coordinate]), ``fit`` (a * log2 n + b), ``per_layer`` (the same points and fit for each memory
+    vector separately: resid[0] = the embedding, resid[k] = after layer k - 1), ``inputs`` (names),
+    and when ``precision_n_max`` > 0, ``precision`` = {points: [n, p_min], fit}: the largest over the
+    inputs (their first precision_n_max tokens) of the smallest p that keeps every decision.
     """
     start = time.perf_counter()
     best = [(0, 0, 0)] * len(n_grid)
+    n_vectors = interp.cfg.n_layers + 1
+    best_layer = [[0] * n_vectors for _ in n_grid]
     decisions_by_input: dict[str, list[Any]] = {}
     for name, toks in inputs:
         if log:
@@ -161,11 +168,14 @@ def profile(
         per_pos, decisions = stream_bits(interp, toks, decide)
         decisions_by_input[name] = decisions
         run = (0, 0, 0)
+        run_layer = [0] * n_vectors
         g = 0
         for i, b in enumerate(per_pos):
             run = (max(run[0], b[0]), max(run[1], b[1]), max(run[2], b[2]))
+            run_layer = [max(x, y) for x, y in zip(run_layer, b[3], strict=True)]
             while g < len(n_grid) and n_grid[g] == i + 1:
                 best[g] = tuple(max(x, y) for x, y in zip(best[g], run, strict=True))  # type: ignore[assignment]
+                best_layer[g] = [max(x, y) for x, y in zip(best_layer[g], run_layer, strict=True)]
                 g += 1
     points = [[n, b[0]] for n, b in zip(n_grid, best, strict=True)]
     out: dict[str, Any] = {
@@ -173,6 +183,12 @@ def profile(
         "numerator_bits": [[n, b[1]] for n, b in zip(n_grid, best, strict=True)],
         "denominator_bits": [[n, b[2]] for n, b in zip(n_grid, best, strict=True)],
         "fit": fit_log([p for p in points if p[0] >= 2]),
+        "per_layer": [
+            {"vector": k, "after": "embedding" if k == 0 else f"layer {k - 1}",
+             "points": (lp := [[n, bl[k]] for n, bl in zip(n_grid, best_layer, strict=True)]),
+             "fit": fit_log([p for p in lp if p[0] >= 2])}
+            for k in range(n_vectors)
+        ],
         "inputs": [name for name, _ in inputs],
     }
     if precision_n_max > 0 and precision_builder is not None:

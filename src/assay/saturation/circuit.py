@@ -240,11 +240,19 @@ class Circuit:
 
     @staticmethod
     def _threshold_eval(bits: np.ndarray, weights: tuple[int, ...], theta: int) -> np.ndarray:
-        wf = np.array([float(w) for w in weights])
+        try:
+            wf = np.array([float(w) for w in weights])
+            tf = float(theta)
+            finite = math.isfinite(float(np.abs(wf).sum()) + abs(tf))
+        except OverflowError:
+            finite = False
+        if not finite:  # weights beyond float64's range: Python integers for every input
+            ws = np.array(weights, dtype=object)
+            return np.array([sum(ws[bits[:, b]]) >= theta for b in range(bits.shape[1])], dtype=bool)
         s = wf @ bits  # float64; |error| <= len * 2^-52 * sum |w| (plus the rounding of w and theta)
-        bound = (len(weights) + 2) * 2.0**-52 * (float(np.abs(wf).sum()) + abs(float(theta))) * 2
-        out = s >= float(theta)
-        unsure = np.nonzero(np.abs(s - float(theta)) <= bound)[0]
+        bound = (len(weights) + 2) * 2.0**-52 * (float(np.abs(wf).sum()) + abs(tf)) * 2
+        out = s >= tf
+        unsure = np.nonzero(np.abs(s - tf) <= bound)[0]
         for b in unsure:
             exact = sum(w for w, on in zip(weights, bits[:, b], strict=True) if on)
             out[b] = exact >= theta
@@ -658,12 +666,38 @@ def fit_power(points: Sequence[Sequence[float]]) -> dict[str, float]:
     return {"k": round(k, 4), "c": round(c, 4), "r2": round(1 - ss_res / ss_tot, 6) if ss_tot else 1.0}
 
 
-def write_exports(circ: Circuit, json_path: str | None, dot_path: str | None) -> None:
-    """Write the circuit as JSON and / or Graphviz DOT (each written whole, then renamed into place)."""
-    for path, text in ((json_path, lambda: json.dumps(circ.to_json())), (dot_path, circ.to_dot)):
+def check_export_paths(*paths: str | None) -> None:
+    """Raise BadInput unless every given path can be written (its directory exists and is writable)."""
+    import os
+
+    for path in paths:
         if path is None:
             continue
         p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text())
+        parent = p.parent if str(p.parent) else Path(".")
+        if p.is_dir():
+            raise BadInput(f"cannot write {path}: it is a directory")
+        if not parent.is_dir():
+            raise BadInput(f"cannot write {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise BadInput(f"cannot write {path}: directory {parent} is not writable")
+
+
+def write_exports(circ: Circuit, json_path: str | None, dot_path: str | None) -> None:
+    """Write the circuit as JSON and / or Graphviz DOT: both are written to temporary files first and
+    renamed into place only when both succeeded (BadInput, nothing left behind, otherwise)."""
+    check_export_paths(json_path, dot_path)
+    jobs = [(Path(path), text) for path, text in
+            ((json_path, lambda: json.dumps(circ.to_json())), (dot_path, circ.to_dot)) if path is not None]
+    tmps: list[Path] = []
+    try:
+        for p, text in jobs:
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmps.append(tmp)
+            tmp.write_text(text())
+    except OSError as e:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise BadInput(f"cannot write the circuit: {e.strerror or e}") from None
+    for (p, _), tmp in zip(jobs, tmps, strict=True):
         tmp.replace(p)

@@ -64,13 +64,16 @@ def hard_counterexample(language: str, max_len: int = HARD_SEARCH_LEN) -> dict[s
             best = w
     if best is None:
         return None
+    # Both answers are recomputed by whole-sequence runs (not the trie walk), so the reported
+    # disagreement is checked twice, by two evaluation paths of the interpreter.
     sat = c.interpreter().run(list(best))[-1]
+    hard_step = c.interpreter(attention="hard").run(list(best))[-1]
     return {
         "string": to_text("majority" if language == "counter" else language, best),
         "tokens": list(best),
         "reference": c.recognise(best),
         "saturated": c.decide(sat.logits),
-        "hard": not c.recognise(best),
+        "hard": c.decide(hard_step.logits),
     }
 
 
@@ -183,6 +186,8 @@ def bits_cmd(args: argparse.Namespace) -> Outcome:
         lf = data["linear_fit"]
         lines.append(f"linear fit: bits(n) = {lf['a']:.4f} n + {lf['b']:.2f}   (R^2 {lf['r2']:.6f})")
     lines += [f"  n = {n:>7}: {b} bits" for n, b in data["points"]]
+    lines.append("per memory vector at n = {}: ".format(data["points"][-1][0]) + ", ".join(
+        f"{v['after']} {v['points'][-1][1]} bits" for v in data["per_layer"]))
     if "precision" in data:
         lines.append("smallest float precision keeping every decision: " + ", ".join(
             f"n={n}: p={p}" for n, p in data["precision"]["points"]))
@@ -207,11 +212,12 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
          example="assay saturation circuit dyck1 --n 32 --dot dyck1.dot --json", args=_circuit_args,
          group="saturation")
 def circuit_cmd(args: argparse.Namespace) -> Outcome:
-    from assay.saturation.circuit import MAX_N, compile_construction, write_exports
+    from assay.saturation.circuit import MAX_N, check_export_paths, compile_construction, write_exports
 
     lang = _language(args.language)
     if args.n > MAX_N:
         raise BadInput(f"--n must be in 1..{MAX_N} (circuit size grows like n^3; the memory limit), got {args.n}")
+    check_export_paths(args.out, args.dot)  # before any work, so a bad path is the only line on stderr
     _log(f"compiling {lang} at n = {args.n}")
     res = compile_construction(lang, args.n, random_inputs=args.random, seed=args.seed)
     circ = res.pop("circuit")

@@ -56,10 +56,13 @@ def representations(model: Transformer, tokens: torch.Tensor) -> list[torch.Tens
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Return the mean over positions of cos(a[..., :], b[..., :])."""
+    """Return the mean over positions of cos(a[..., :], b[..., :]); a pair of zero vectors counts as 1
+    (identical), one zero vector against a nonzero one as 0 (no direction in common)."""
     num = (a * b).sum(-1)
-    den = a.norm(dim=-1) * b.norm(dim=-1)
-    cos = torch.where(den > 0, num / den.clamp(min=1e-300), torch.ones_like(num))
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    den = na * nb
+    both_zero = (na == 0) & (nb == 0)
+    cos = torch.where(den > 0, num / den.clamp(min=1e-300), both_zero.to(num.dtype))
     return float(cos.mean())
 
 
