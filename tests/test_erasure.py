@@ -445,3 +445,75 @@ def test_imported_gpt2_architecture(tmp_path):
     assert torch.allclose(d.terms.sum(0), logit_difference(hf_logits, target), atol=1e-9)
     a = analyze(model, [[5, 17, 3, 42, 8], [8, 21, 30, 1, 2, 3]])
     assert len(a.pair_stats) > 0 and a.dla_error < 1e-9
+
+
+def test_dla_terms_against_hugging_face_gpt2_by_hand():
+    """Every DLA term against an independent recomputation from Hugging Face GPT-2's own forward pass.
+
+    Nothing of ours is used on the reference side: per-head outputs are the merged-heads input of HF's
+    ``c_proj`` (captured by a hook) times the matching rows of its weight, MLP outputs are HF's ``mlp``
+    outputs, the final scale is computed from the input of HF's ``ln_f``, the directions from HF's
+    ``lm_head``. This holds whether or not TransformerLens is installed; biases and LayerNorm gains are
+    random so that no term hides behind a zero or a one.
+    """
+    transformers = pytest.importorskip("transformers")
+    from assay.model import from_hf_gpt2
+
+    torch.manual_seed(1)
+    n_layer, d, H = 2, 32, 4
+    e = d // H
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=d, n_head=H, vocab_size=50, n_positions=16,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            elif ".ln_" in name or "ln_f" in name:
+                p.uniform_(0.5, 1.5)
+    model = from_hf_gpt2(hf)
+    toks = torch.tensor([[5, 17, 3, 42, 8, 8, 21, 30], [1, 2, 3, 4, 5, 6, 7, 9]])
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def keep(key, pre):
+        def hook(mod, args, out=None):
+            grabbed[key] = (args[0] if pre else out).detach()
+        return hook
+
+    base = hf.transformer
+    handles = [base.ln_f.register_forward_pre_hook(keep("x_final", True))]
+    for l, blk in enumerate(base.h):
+        handles.append(blk.attn.c_proj.register_forward_pre_hook(keep(f"z{l}", True)))
+        handles.append(blk.mlp.register_forward_hook(keep(f"mlp{l}", False)))
+    with torch.no_grad():
+        hf_logits = hf(toks).logits
+    for h in handles:
+        h.remove()
+    gen = torch.Generator().manual_seed(3)
+    a, b = _targets(gen, toks.shape, 50)
+    W_U = hf.lm_head.weight.detach()  # [V, d]
+    du = W_U[a] - W_U[b]  # [b, p, d]
+    x = grabbed["x_final"]
+    s = ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True).add(base.ln_f.eps).sqrt()
+    g = base.ln_f.weight.detach()
+
+    def attr(r):
+        return ((r - r.mean(-1, keepdim=True)) / s * g * du).sum(-1)
+
+    ref = {"embed": attr(base.wte.weight.detach()[toks]),
+           "pos_embed": attr(base.wpe.weight.detach()[: toks.shape[1]].expand(toks.shape[0], -1, -1)),
+           "ln_final.b": (base.ln_f.bias.detach() * du).sum(-1), "unembed.b_U": torch.zeros(toks.shape, dtype=x.dtype)}
+    for l, blk in enumerate(base.h):
+        Wc = blk.attn.c_proj.weight.detach()  # Conv1D [in, out]
+        for h in range(H):
+            ref[f"L{l}H{h}"] = attr(grabbed[f"z{l}"][..., h * e:(h + 1) * e] @ Wc[h * e:(h + 1) * e])
+        ref[f"L{l}.b_O"] = attr(blk.attn.c_proj.bias.detach().expand_as(x))
+        ref[f"L{l}.mlp"] = attr(grabbed[f"mlp{l}"])
+    truth = hf_logits.gather(-1, a[..., None])[..., 0] - hf_logits.gather(-1, b[..., None])[..., 0]
+    # The reference decomposition is itself complete: its terms add up to HF's logit difference.
+    assert torch.allclose(sum(ref.values()), truth, atol=1e-10)
+    d_ = dla(model, toks, LogitTarget(a, b))
+    assert {c.name for c in d_.comps} == set(ref)
+    for i, c in enumerate(d_.comps):
+        assert torch.allclose(d_.terms[i], ref[c.name], atol=1e-10), c.name
+    assert min(float(ref[f"L{l}H{h}"].abs().max()) for l in range(n_layer) for h in range(H)) > 1e-3
