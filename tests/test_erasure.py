@@ -415,7 +415,18 @@ def test_prompt_checks(small_config, random_model):
 def test_analysis_of_a_random_model_is_consistent(small_config, random_model):
     model = random_model(small_config(act_fn="gelu"), seed=9)
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 1], [2, 2, 3, 5, 8, 1, 4, 2]]
+    model.train()
+    toks = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        before, logits_before = _fingerprint(model), model(toks)
     a = analyze(model, prompts)
+    # Every patch, ablation and cache of the whole analysis is undone: same weights, flags, no hooks, same mode.
+    assert model.training
+    with torch.no_grad():
+        _assert_unchanged(model, before, toks, logits_before)
+    with pytest.raises(BadInput, match="no next token"):
+        analyze(model, [[3], [4]])
+    assert model.training
     j = a.to_json(top=0)
     assert j["n_positions"] == sum(len(p) - 1 for p in prompts)
     assert a.dla_error < 1e-10
