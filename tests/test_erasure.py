@@ -336,14 +336,19 @@ def test_patch_rejects_edges_that_do_not_exist(small_config, random_model):
         run_value_edge_patch(model, toks, C.head(0, 0), [C.mlp(1)])
 
 
-def test_zero_ablation_matches_a_model_without_the_head(small_config, random_model):
-    model = random_model(small_config(act_fn="gelu"), seed=8)
+@pytest.mark.parametrize("opts", [dict(act_fn="gelu"), dict(positional_embedding_type="rotary"),
+                                  dict(parallel_attn_mlp=True)], ids=["gelu", "rotary", "parallel"])
+def test_zero_ablation_matches_a_model_without_the_head(small_config, random_model, opts):
+    """Zero-ablation by hooks (layer-l rows start from the clean resid_pre of layer l) against a copy of the
+    model with the component's weights zeroed and a full forward pass."""
+    model = random_model(small_config(**opts), seed=8)
     toks = torch.tensor([[2, 7, 1, 8, 2, 8]])
     target = LogitTarget(torch.tensor([[3, 1, 4, 1, 5, 9]]), torch.tensor([[2, 6, 5, 3, 5, 8]]))
-    comps = [C.head(0, 1), C.mlp(0), C.Component(-1, 0)]
+    comps = [C.head(0, 1), C.mlp(0), C.Component(-1, 0), C.head(1, 2), C.mlp(1), C.head(1, 0)]
     before, logits_before = _fingerprint(model), model(toks)
-    sources = {comps[0]: torch.zeros(6, 4, dtype=torch.float64), comps[1]: torch.zeros(6, 12, dtype=torch.float64),
-               comps[2]: torch.zeros(6, 12, dtype=torch.float64)}
+    z = torch.zeros(6, 4, dtype=torch.float64)
+    r = torch.zeros(6, 12, dtype=torch.float64)
+    sources = {comps[0]: z, comps[1]: r, comps[2]: r, comps[3]: z, comps[4]: r, comps[5]: z}
     run = ablation_effects(model, toks, target, comps, sources, chunk=2)
     _assert_unchanged(model, before, toks, logits_before)
     clean = logit_difference(model(toks), target)[0]
@@ -351,12 +356,16 @@ def test_zero_ablation_matches_a_model_without_the_head(small_config, random_mod
         lambda m: m.blocks[0].attn.W_O[1].zero_(),
         lambda m: (m.blocks[0].mlp.W_out.zero_(), m.blocks[0].mlp.b_out.zero_()),
         lambda m: m.embed.W_E.zero_(),
+        lambda m: m.blocks[1].attn.W_O[2].zero_(),
+        lambda m: (m.blocks[1].mlp.W_out.zero_(), m.blocks[1].mlp.b_out.zero_()),
+        lambda m: m.blocks[1].attn.W_O[0].zero_(),
     ]):
         other = copy.deepcopy(model)
         with torch.no_grad():
             edit(other)
         want = clean - logit_difference(other(toks), target)[0]
-        assert torch.allclose(run.effects[i], want, atol=1e-10)
+        assert float(want.detach().abs().max()) > 1e-3  # the component matters: not a vacuous 0 = 0
+        assert torch.allclose(run.effects[i], want, atol=1e-10), comps[i].name
 
 
 def test_resample_order():
