@@ -336,14 +336,19 @@ def test_patch_rejects_edges_that_do_not_exist(small_config, random_model):
         run_value_edge_patch(model, toks, C.head(0, 0), [C.mlp(1)])
 
 
-def test_zero_ablation_matches_a_model_without_the_head(small_config, random_model):
-    model = random_model(small_config(act_fn="gelu"), seed=8)
+@pytest.mark.parametrize("opts", [dict(act_fn="gelu"), dict(positional_embedding_type="rotary"),
+                                  dict(parallel_attn_mlp=True)], ids=["gelu", "rotary", "parallel"])
+def test_zero_ablation_matches_a_model_without_the_head(small_config, random_model, opts):
+    """Zero-ablation by hooks (layer-l rows start from the clean resid_pre of layer l) against a copy of the
+    model with the component's weights zeroed and a full forward pass."""
+    model = random_model(small_config(**opts), seed=8)
     toks = torch.tensor([[2, 7, 1, 8, 2, 8]])
     target = LogitTarget(torch.tensor([[3, 1, 4, 1, 5, 9]]), torch.tensor([[2, 6, 5, 3, 5, 8]]))
-    comps = [C.head(0, 1), C.mlp(0), C.Component(-1, 0)]
+    comps = [C.head(0, 1), C.mlp(0), C.Component(-1, 0), C.head(1, 2), C.mlp(1), C.head(1, 0)]
     before, logits_before = _fingerprint(model), model(toks)
-    sources = {comps[0]: torch.zeros(6, 4, dtype=torch.float64), comps[1]: torch.zeros(6, 12, dtype=torch.float64),
-               comps[2]: torch.zeros(6, 12, dtype=torch.float64)}
+    z = torch.zeros(6, 4, dtype=torch.float64)
+    r = torch.zeros(6, 12, dtype=torch.float64)
+    sources = {comps[0]: z, comps[1]: r, comps[2]: r, comps[3]: z, comps[4]: r, comps[5]: z}
     run = ablation_effects(model, toks, target, comps, sources, chunk=2)
     _assert_unchanged(model, before, toks, logits_before)
     clean = logit_difference(model(toks), target)[0]
@@ -351,12 +356,16 @@ def test_zero_ablation_matches_a_model_without_the_head(small_config, random_mod
         lambda m: m.blocks[0].attn.W_O[1].zero_(),
         lambda m: (m.blocks[0].mlp.W_out.zero_(), m.blocks[0].mlp.b_out.zero_()),
         lambda m: m.embed.W_E.zero_(),
+        lambda m: m.blocks[1].attn.W_O[2].zero_(),
+        lambda m: (m.blocks[1].mlp.W_out.zero_(), m.blocks[1].mlp.b_out.zero_()),
+        lambda m: m.blocks[1].attn.W_O[0].zero_(),
     ]):
         other = copy.deepcopy(model)
         with torch.no_grad():
             edit(other)
         want = clean - logit_difference(other(toks), target)[0]
-        assert torch.allclose(run.effects[i], want, atol=1e-10)
+        assert float(want.detach().abs().max()) > 1e-3  # the component matters: not a vacuous 0 = 0
+        assert torch.allclose(run.effects[i], want, atol=1e-10), comps[i].name
 
 
 def test_resample_order():
@@ -415,7 +424,18 @@ def test_prompt_checks(small_config, random_model):
 def test_analysis_of_a_random_model_is_consistent(small_config, random_model):
     model = random_model(small_config(act_fn="gelu"), seed=9)
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 1], [2, 2, 3, 5, 8, 1, 4, 2]]
+    model.train()
+    toks = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        before, logits_before = _fingerprint(model), model(toks)
     a = analyze(model, prompts)
+    # Every patch, ablation and cache of the whole analysis is undone: same weights, flags, no hooks, same mode.
+    assert model.training
+    with torch.no_grad():
+        _assert_unchanged(model, before, toks, logits_before)
+    with pytest.raises(BadInput, match="no next token"):
+        analyze(model, [[3], [4]])
+    assert model.training
     j = a.to_json(top=0)
     assert j["n_positions"] == sum(len(p) - 1 for p in prompts)
     assert a.dla_error < 1e-10
@@ -445,3 +465,75 @@ def test_imported_gpt2_architecture(tmp_path):
     assert torch.allclose(d.terms.sum(0), logit_difference(hf_logits, target), atol=1e-9)
     a = analyze(model, [[5, 17, 3, 42, 8], [8, 21, 30, 1, 2, 3]])
     assert len(a.pair_stats) > 0 and a.dla_error < 1e-9
+
+
+def test_dla_terms_against_hugging_face_gpt2_by_hand():
+    """Every DLA term against an independent recomputation from Hugging Face GPT-2's own forward pass.
+
+    Nothing of ours is used on the reference side: per-head outputs are the merged-heads input of HF's
+    ``c_proj`` (captured by a hook) times the matching rows of its weight, MLP outputs are HF's ``mlp``
+    outputs, the final scale is computed from the input of HF's ``ln_f``, the directions from HF's
+    ``lm_head``. This holds whether or not TransformerLens is installed; biases and LayerNorm gains are
+    random so that no term hides behind a zero or a one.
+    """
+    transformers = pytest.importorskip("transformers")
+    from assay.model import from_hf_gpt2
+
+    torch.manual_seed(1)
+    n_layer, d, H = 2, 32, 4
+    e = d // H
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=d, n_head=H, vocab_size=50, n_positions=16,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            elif ".ln_" in name or "ln_f" in name:
+                p.uniform_(0.5, 1.5)
+    model = from_hf_gpt2(hf)
+    toks = torch.tensor([[5, 17, 3, 42, 8, 8, 21, 30], [1, 2, 3, 4, 5, 6, 7, 9]])
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def keep(key, pre):
+        def hook(mod, args, out=None):
+            grabbed[key] = (args[0] if pre else out).detach()
+        return hook
+
+    base = hf.transformer
+    handles = [base.ln_f.register_forward_pre_hook(keep("x_final", True))]
+    for l, blk in enumerate(base.h):
+        handles.append(blk.attn.c_proj.register_forward_pre_hook(keep(f"z{l}", True)))
+        handles.append(blk.mlp.register_forward_hook(keep(f"mlp{l}", False)))
+    with torch.no_grad():
+        hf_logits = hf(toks).logits
+    for h in handles:
+        h.remove()
+    gen = torch.Generator().manual_seed(3)
+    a, b = _targets(gen, toks.shape, 50)
+    W_U = hf.lm_head.weight.detach()  # [V, d]
+    du = W_U[a] - W_U[b]  # [b, p, d]
+    x = grabbed["x_final"]
+    s = ((x - x.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True).add(base.ln_f.eps).sqrt()
+    g = base.ln_f.weight.detach()
+
+    def attr(r):
+        return ((r - r.mean(-1, keepdim=True)) / s * g * du).sum(-1)
+
+    ref = {"embed": attr(base.wte.weight.detach()[toks]),
+           "pos_embed": attr(base.wpe.weight.detach()[: toks.shape[1]].expand(toks.shape[0], -1, -1)),
+           "ln_final.b": (base.ln_f.bias.detach() * du).sum(-1), "unembed.b_U": torch.zeros(toks.shape, dtype=x.dtype)}
+    for l, blk in enumerate(base.h):
+        Wc = blk.attn.c_proj.weight.detach()  # Conv1D [in, out]
+        for h in range(H):
+            ref[f"L{l}H{h}"] = attr(grabbed[f"z{l}"][..., h * e:(h + 1) * e] @ Wc[h * e:(h + 1) * e])
+        ref[f"L{l}.b_O"] = attr(blk.attn.c_proj.bias.detach().expand_as(x))
+        ref[f"L{l}.mlp"] = attr(grabbed[f"mlp{l}"])
+    truth = hf_logits.gather(-1, a[..., None])[..., 0] - hf_logits.gather(-1, b[..., None])[..., 0]
+    # The reference decomposition is itself complete: its terms add up to HF's logit difference.
+    assert torch.allclose(sum(ref.values()), truth, atol=1e-10)
+    d_ = dla(model, toks, LogitTarget(a, b))
+    assert {c.name for c in d_.comps} == set(ref)
+    for i, c in enumerate(d_.comps):
+        assert torch.allclose(d_.terms[i], ref[c.name], atol=1e-10), c.name
+    assert min(float(ref[f"L{l}H{h}"].abs().max()) for l in range(n_layer) for h in range(H)) > 1e-3

@@ -98,6 +98,9 @@ def test_bad_input_is_one_line_and_exit_2(planted_dir, prompts_file, tmp_path, s
     long = tmp_path / "long.txt"
     long.write_text("1 2 3\n" + " ".join(["1"] * 9) + "\n")
     _bad("erasure", str(planted_dir), "--prompts", str(long), match="9 tokens, more than the model's n_ctx=8")
+    single = tmp_path / "single.txt"
+    single.write_text("3\n5\n")
+    _bad("erasure", str(planted_dir), "--prompts", str(single), match="no next token to attribute")
     words = tmp_path / "words.txt"
     words.write_text("hello world\n")
     _bad("erasure", str(planted_dir), "--prompts", str(words), match="not a list of token ids")

@@ -233,7 +233,32 @@ def analyze(
 
     ``intervention_prompts``: run the second pass (ablations, patches) on the first this many prompts only
     (the projection-ratio statistics always use every prompt; resample sources and means come from all).
+    The model runs in eval mode; its own mode, hooks and ``use_attn_result`` are as before afterwards.
+    BadInput if there are no prompts, a prompt is empty, too long or has a token out of range, no prompt
+    has a next token to attribute (every prompt one token long), or ``writer`` is not a head or MLP.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        return _analyze(model, prompts, writer=writer, rule=rule, mode=mode, max_focus=max_focus,
+                        intervention_prompts=intervention_prompts, adversarial_k=adversarial_k, decode=decode,
+                        progress=progress)
+    finally:
+        model.train(was_training)
+
+
+def _analyze(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    writer: str | None = None,
+    rule: ErasureRule | None = None,
+    mode: str = "frozen",
+    max_focus: int = 3,
+    intervention_prompts: int | None = None,
+    adversarial_k: int = 5,
+    decode: Callable[[list[int]], str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Analysis:
     rule = rule or ErasureRule()
     mode = resolve_mode(model, mode)
     comps = C.components(model)
@@ -241,7 +266,8 @@ def analyze(
     if focus_writer is not None and focus_writer.kind not in ("head", "mlp"):
         raise BadInput(f"--writer must be a head or an MLP, got {focus_writer.name}")
     toks = check_prompts(model, prompts)
-    model.eval()
+    if all(t.shape[1] < 2 for t in toks):
+        raise BadInput("every prompt has one token: there is no next token to attribute (give prompts of 2 or more)")
     log = progress or (lambda s: None)
     t0 = time.perf_counter()
     resid_comps = [c for c in comps if c.in_residual]

@@ -81,28 +81,51 @@ def residual_curve(a: Analysis, path: Path, title: str = "") -> Path:
 
 
 def dla_scatter(a: Analysis, path: Path, title: str = "") -> Path:
-    """Write DLA vs total effect: per component (means, both ablations) and, per position, the focus writer
-    against the V-composition part of its erasers."""
+    """Write DLA vs total effect: per component (mean |DLA| against mean |total effect| under both
+    ablations), per position (every component, the focus writers highlighted), and, per position, the
+    focus writer's DLA against the DLA of the V-composition part of its erasers.
+
+    Absolute values in the first panel: a writer whose DLA changes sign with the token (the planted one)
+    has a mean signed DLA near 0, which would hide exactly the gap this figure is about.
+    """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]
-    rows = a.dla_vs_total()
-    keep = [r for r, c in zip(rows, a.comps, strict=True) if c.kind in ("embed", "pos_embed", "head", "mlp")]
-    x = np.array([r["dla"] for r in keep], dtype=float)
-    y = np.array([r["total_effect"] for r in keep], dtype=float)
-    ym = np.array([r["total_effect_mean_ablation"] for r in keep], dtype=float)
+    idx = [i for i, c in enumerate(a.comps) if c.kind in ("embed", "pos_embed", "head", "mlp")]
+    names = [a.comps[i].name for i in idx]
+    n_pts = a.dla_points.shape[1]
+    if n_pts:
+        x = np.abs(a.dla_points[idx]).mean(1)
+        y = np.abs(a.te_resample[idx]).mean(1)
+        ym = np.abs(a.te_mean[idx]).mean(1)
+    else:
+        x = y = ym = np.zeros(len(idx))
     ax.scatter(x, y, s=16, label="resample ablation")
     ax.scatter(x, ym, s=16, marker="x", label="mean ablation")
-    lo, hi = np.nanmin(np.r_[x, y, ym, 0]), np.nanmax(np.r_[x, y, ym, 0])
-    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls="--")
-    order = np.argsort(-np.abs(x - y))[:6]
-    for i in order:
-        ax.annotate(keep[i]["component"], (x[i], y[i]), fontsize=6)
-    ax.set_xlabel("mean DLA (frozen final LN scale)")
-    ax.set_ylabel("mean total effect on the logit difference")
+    hi = float(np.nanmax(np.r_[x, y, ym, 1e-9]))
+    ax.plot([0, hi], [0, hi], color="grey", lw=0.6, ls="--")
+    for i in np.argsort(-(x - np.maximum(y, ym)))[:6]:
+        ax.annotate(names[i], (x[i], y[i]), fontsize=6)
+    ax.set_xlabel("mean |DLA| (frozen final LN scale)")
+    ax.set_ylabel("mean |total effect| on the logit difference")
     ax.legend(fontsize=7)
     ax.set_title("per component, mean over prompts x positions", fontsize=9)
     ax = axes[1]
+    focus = {a.comps.index(c) for c in a.comps if c.name in a.focus}
+    rest = [i for i in idx if i not in focus]
+    if n_pts:
+        ax.scatter(a.dla_points[rest].ravel(), a.te_resample[rest].ravel(), s=3, alpha=0.3, color="grey",
+                   label="every other component")
+        for i in sorted(focus):
+            ax.scatter(a.dla_points[i], a.te_resample[i], s=6, alpha=0.7, label=a.comps[i].name)
+        lo = float(min(a.dla_points[idx].min(), a.te_resample[idx].min()))
+        hi = float(max(a.dla_points[idx].max(), a.te_resample[idx].max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("DLA")
+    ax.set_ylabel("total effect (resample ablation)")
+    ax.legend(fontsize=7)
+    ax.set_title("per (component, position)", fontsize=9)
+    ax = axes[2]
     for w, (xs, ys) in a.vcomp_points.items():
         ax.scatter(xs, ys, s=4, alpha=0.5, label=f"{w}")
         fit = next((f for f in a.vcomp if f["writer"] == w), None)

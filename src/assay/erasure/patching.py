@@ -162,21 +162,38 @@ class AblationRun:
     clean: torch.Tensor  # [p]
 
 
+def _final_from_layer(model: Transformer, resid_pre: torch.Tensor, layer: int) -> torch.Tensor:
+    """Return the final normalized residual [b, p, d] from ``resid_pre`` of ``layer`` (hooks fire as usual)."""
+    x = resid_pre
+    for block in model.blocks[layer:]:
+        x = block(x)
+    return model.ln_final(x) if hasattr(model, "ln_final") else x
+
+
 def ablation_effects(model: Transformer, tokens: torch.Tensor, target: LogitTarget, comps: Sequence[Component],
                      sources: dict[Component, torch.Tensor], chunk: int = 16) -> AblationRun:
     """Return the total effect of replacing each component's activation by ``sources[comp]`` [p, ...].
 
-    ``tokens`` [1, p]. One batched forward pass per ``chunk`` components, row r ablating comps[r].
-    Components not in ABLATABLE (biases, constants) get effect 0.
+    ``tokens`` [1, p]. Components are ablated in batched passes of up to ``chunk`` rows, row r ablating
+    one component. A head or MLP of layer l changes nothing before layer l, so its rows start from the
+    clean resid_pre of layer l and run layers l.. only (about half the work of full passes in a deep
+    model); the embeddings' rows run the whole model. Components not in ABLATABLE (biases, constants)
+    get effect 0.
     """
     tokens = model.check_tokens(tokens)
     p = tokens.shape[1]
+    pre_names = {f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)}
     with torch.no_grad():
-        clean = metric_from_resid(model, model(tokens, return_type="resid"), target)[0]
+        final, cache = model.run_with_cache(tokens, return_type="resid", names_filter=lambda n: n in pre_names)
+        clean = metric_from_resid(model, final, target)[0]
     effects = torch.zeros(len(comps), p, dtype=clean.dtype)
     todo = [i for i, c in enumerate(comps) if c.kind in ABLATABLE]
-    for start in range(0, len(todo), chunk):
-        rows = todo[start : start + chunk]
+    by_layer: dict[int, list[int]] = {}
+    for i in todo:
+        by_layer.setdefault(comps[i].layer, []).append(i)
+    batches = [(layer, idx[s : s + chunk]) for layer, idx in sorted(by_layer.items())
+               for s in range(0, len(idx), chunk)]
+    for layer, rows in batches:
         by_hook: dict[str, list[tuple[int, Component]]] = {}
         for r, i in enumerate(rows):
             by_hook.setdefault(ablation_hook_name(comps[i]), []).append((r, comps[i]))
@@ -195,11 +212,15 @@ def ablation_effects(model: Transformer, tokens: torch.Tensor, target: LogitTarg
             return hook
 
         hooks = [(name, make_hook(entries)) for name, entries in by_hook.items()]
-        batch = tokens.expand(len(rows), -1)
         t = LogitTarget(target.correct.expand(len(rows), -1),
                         None if target.incorrect is None else target.incorrect.expand(len(rows), -1))
         with torch.no_grad():
-            normed = model.run_with_hooks(batch, return_type="resid", fwd_hooks=hooks)
+            if layer < 0:  # embeddings: the whole forward pass
+                normed = model.run_with_hooks(tokens.expand(len(rows), -1), return_type="resid", fwd_hooks=hooks)
+            else:
+                start = cache[f"blocks.{layer}.hook_resid_pre"].expand(len(rows), -1, -1)
+                with model.hooks(hooks):
+                    normed = _final_from_layer(model, start, layer)
         ablated = metric_from_resid(model, normed, t)
         for r, i in enumerate(rows):
             effects[i] = clean - ablated[r]
