@@ -271,7 +271,8 @@ def test_checker_accepts_valid_and_rejects_tampering_file_model(tmp_path, suffix
         "token": _forge(cert, token=(cert["token"] + 1) % V),
     }
     if len(allowed) < V:
-        forgeries["allowed (wider)"] = _forge(cert, allowed=sorted(set(allowed) | {next(iter(set(range(V)) - set(allowed)))}))
+        extra = min(set(range(V)) - set(allowed))
+        forgeries["allowed (wider)"] = _forge(cert, allowed=sorted(set(allowed) | {extra}))
     if len(allowed) > 1:
         forgeries["allowed (narrower)"] = _forge(cert, allowed=allowed[1:])
     for what, forged in forgeries.items():
@@ -347,3 +348,118 @@ def test_margin_is_state_hash_of_this_model():
         w = m2.unembed.W_U.view(-1)
         w[0] = torch.nextafter(w[0], torch.tensor(math.inf, dtype=w.dtype))
     assert state_dict_sha256(m2) != h
+
+
+# ------------------------------------------------------------------------------------------ overwhelm-1l
+class LastPosOneLayer:
+    """Logits at the last position of prefix + t + suffix for a batch of strings t, on a one-layer model,
+    with the prefix's keys and values taken once from the model's own forward pass (hooks) and every
+    other step done by the model's own modules (LayerNorms, MLP, unembedding, RoPE helpers). Validated
+    against the full forward pass in the test before it is trusted."""
+
+    def __init__(self, model, prefix):
+        from assay.model.transformer import apply_rotary, rotary_cos_sin
+
+        self.m, self.cfg = model, model.cfg
+        assert self.cfg.n_layers == 1 and self.cfg.positional_embedding_type == "rotary"
+        self.apply_rotary, self.rotary_cos_sin = apply_rotary, rotary_cos_sin
+        self.n_fix = len(prefix)
+        blk = model.blocks[0]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([list(prefix)]))
+            self.Kp = cache["blocks.0.attn.hook_rot_k"][0]  # [n, h, e]
+            self.Vp = cache["blocks.0.attn.hook_v"][0]
+            E = model.embed.W_E  # every token, unrotated projections
+            xn = blk.ln1(E[None])[0]
+            a = blk.attn
+            self.Q0 = torch.einsum("vd,hde->vhe", xn, a.W_Q) + a.b_Q
+            self.K0 = torch.einsum("vd,hde->vhe", xn, a.W_K) + a.b_K
+            self.V0 = torch.einsum("vd,hde->vhe", xn, a.W_V) + a.b_V
+        n_max = self.cfg.n_ctx
+        self.cos, self.sin = rotary_cos_sin(n_max, self.cfg.rotary_dim, self.cfg.rotary_base, E.dtype)
+
+    def _rot(self, x, positions):  # x [b, p, h, e]
+        return self.apply_rotary(x, self.cos[positions], self.sin[positions])
+
+    @torch.no_grad()
+    def logits(self, rest: torch.Tensor) -> torch.Tensor:
+        """rest [b, r]: the tokens after the prefix (t + suffix); logits [b, V] at the last position."""
+        b, r = rest.shape
+        pos = torch.arange(self.n_fix, self.n_fix + r)
+        K = self._rot(self.K0[rest], pos)  # [b, r, h, e]
+        V = self.V0[rest]
+        q = self._rot(self.Q0[rest[:, -1:]], pos[-1:])[:, 0]  # [b, h, e]
+        sc = math.sqrt(self.cfg.d_head)
+        s_p = torch.einsum("bhe,nhe->bhn", q, self.Kp) / sc
+        s_r = torch.einsum("bhe,brhe->bhr", q, K) / sc
+        p = torch.cat([s_p, s_r], dim=-1).softmax(dim=-1)
+        z = torch.einsum("bhn,nhe->bhe", p[..., : self.n_fix], self.Vp) + torch.einsum(
+            "bhr,brhe->bhe", p[..., self.n_fix :], V)
+        a = self.m.blocks[0].attn
+        x = self.m.embed.W_E[rest[:, -1]] + torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O
+        blk = self.m.blocks[0]
+        x = x + blk.mlp(blk.ln2(x))
+        return self.m.unembed(self.m.ln_final(x))
+
+
+def _margins(logits: torch.Tensor, c: int) -> torch.Tensor:
+    other = logits.clone()
+    other[:, c] = -math.inf
+    return logits[:, c] - other.max(dim=1).values
+
+
+def counterexample_search(fast: LastPosOneLayer, n_free, suffix, allowed, c, rng, restarts=2, sweeps=2):
+    """Least margin found (greedy coordinate descent: every allowed token at each free position in turn,
+    from random starts, per length 1..n_free) and the string attaining it."""
+    allowed_t = torch.tensor(allowed)
+    best, arg = math.inf, None
+    for L in range(1, n_free + 1):
+        for _ in range(restarts):
+            t = allowed_t[torch.as_tensor(rng.integers(0, len(allowed), size=L))].clone()
+            for _ in range(sweeps):
+                for i in range(L):
+                    cand = t.repeat(len(allowed), 1)
+                    cand[:, i] = allowed_t
+                    rest = torch.cat([cand, torch.tensor(suffix, dtype=torch.long).repeat(len(allowed), 1)], dim=1)
+                    mg = _margins(fast.logits(rest), c)
+                    j = int(mg.argmin())
+                    t = cand[j].clone()
+                    if float(mg[j]) < best:
+                        best, arg = float(mg[j]), t.tolist()
+    return best, arg
+
+
+@pytest.mark.slow
+def test_overwhelm_1l_proven_claims_survive_counterexample_search():
+    """Designed prefixes (docs/prove.md) on the shipped model: for each proven claim, greedy coordinate
+    search over all 4096 tokens at every free position never beats the certified margin."""
+    from assay.model.io import shipped_models
+
+    if "overwhelm-1l" not in shipped_models():
+        pytest.skip("overwhelm-1l not shipped")
+    m = load("overwhelm-1l", dtype=torch.float64)
+    tok = m.tokenizer
+    rng = np.random.default_rng(0)
+    V = m.cfg.d_vocab
+    claims = [(" congreg", ".", 1024, 4), (" Haman", " unto", 1024, 2), ("yria", " shalt", 512, 2),
+              (" congreg", ".", 256, 2)]
+    n_proven = 0
+    for word, q, n_fix, n_free in claims:
+        b, s = tok.encode(word).ids[-1], tok.encode(q).ids[-1]
+        prefix = [b] * n_fix
+        fast = LastPosOneLayer(m, prefix)
+        # validate the fast evaluator against the full forward pass
+        rows = torch.as_tensor(rng.integers(0, V, size=(3, n_free)))
+        rest = torch.cat([rows, torch.tensor([[s]] * 3)], dim=1)
+        full = m(torch.cat([torch.tensor([prefix] * 3), rest], dim=1))[:, -1]
+        assert torch.allclose(fast.logits(rest), full, rtol=0, atol=1e-9)
+        r = prove(m, prefix, n_free, suffix=[s])
+        if not r.proven:
+            continue
+        n_proven += 1
+        found, t = counterexample_search(fast, n_free, [s], list(range(V)), r.token, rng)
+        l0 = float(_margins(fast.logits(torch.tensor([[s]])), r.token)[0])
+        print(f"{word!r}x{n_fix}+{q!r} n_free={n_free}: certified {r.margin:.4f}, empty {l0:.4f}, "
+              f"least found {found:.4f} at {t}")
+        assert found >= r.margin, (word, q, n_fix, n_free, found, r.margin, t)
+    assert n_proven >= 2
