@@ -176,9 +176,9 @@ def sweep(seed: int, n_models: int, claims_per_model: int, n_free_max: int) -> d
 
 
 def test_random_models_sound_fast():
-    stats = sweep(seed=11, n_models=24, claims_per_model=3, n_free_max=2)
+    stats = sweep(seed=11, n_models=12, claims_per_model=3, n_free_max=2)
     print("adversarial (fast):", stats)
-    assert stats["proven"] >= 8 and stats["claims"] - stats["proven"] >= 8, stats
+    assert stats["proven"] >= 5 and stats["claims"] - stats["proven"] >= 5, stats
 
 
 @pytest.mark.slow

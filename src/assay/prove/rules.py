@@ -451,7 +451,7 @@ def ball_affine(x: np.ndarray, xerr: np.ndarray, W: np.ndarray, b: np.ndarray | 
     return y, up(up(e, d + 8) + U * np.abs(y), 2)
 
 
-GELU_D1_MAX = 1.13  # sup |gelu'| = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.0682
+GELU_D1_MAX = 1.13  # sup |gelu'| = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.12890 (at x = sqrt 2)
 
 
 def act_points(p: np.ndarray, perr: np.ndarray, act: str):
