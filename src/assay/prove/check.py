@@ -844,9 +844,14 @@ class Checker:
                 prev = self.free_sets(i, layer - 1)
                 others = [self.free_kv(j, layer - 1) for j in range(i)]
                 own = self.free_kv(i, layer - 1)
+                OK = own.K
+                if own.rot_pos is not None:
+                    # Shared layer-0 keys are unrotated: this position's own key is R_pos k.
+                    cs = rope([own.rot_pos], self.cfg.rotary_dim, self.cfg.rotary_base)[0]
+                    OK = [[rotate(k, *cs) for k in kh] for kh in own.K]
                 sets = []
                 for v, X in enumerate(prev):
-                    mine = KV([[own.K[h][v]] for h in range(self.h)], [[own.V[h][v]] for h in range(self.h)],
+                    mine = KV([[OK[h][v]] for h in range(self.h)], [[own.V[h][v]] for h in range(self.h)],
                               exact=X.is_exact())
                     out, _ = self._layer_set(layer - 1, X, pos, others + [mine], final=False)
                     sets.append(out)

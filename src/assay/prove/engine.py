@@ -44,6 +44,12 @@ def _tidy(X: AffineSet) -> AffineSet:
     return X
 
 
+def _finite_set(X: AffineSet) -> bool:
+    """Every number of the set is finite."""
+    arrs = [X.center, X.box] + [a for t in X.terms for a in (t.M, t.V, t.vlo, t.vhi) if a is not None]
+    return all(bool(np.isfinite(a).all()) for a in arrs)
+
+
 @dataclass
 class PosKV:
     """Keys (rotated) and values of one non-anchor position at one layer, per head, for each variant."""
@@ -70,6 +76,8 @@ class CaseResult:
     worst: int = field(init=False)
 
     def __post_init__(self) -> None:
+        # A NaN bound (inf - inf somewhere upstream) is no bound: it must never be skipped by min().
+        self.margins = np.where(np.isnan(self.margins), -np.inf, self.margins)
         self.worst = int(np.argmin(self.margins))
         self.margin = float(self.margins[self.worst])
 
@@ -221,9 +229,13 @@ class Engine:
                 prev = self.free_sets(i, layer - 1)
                 others = [self.free_kv(j, layer - 1) for j in range(i)]
                 own = self.free_kv(i, layer - 1)
+                OK, OKb = own.K, own.Kbox
+                if own.rot_pos is not None:
+                    # Shared layer-0 keys are stored unrotated: this position's own key is R_pos k.
+                    OK, OKb = self._rot(OK, OKb, np.full(OK.shape[1], own.rot_pos))
                 sets = []
                 for v, X in enumerate(prev):
-                    self_kv = PosKV(own.K[:, v : v + 1], own.Kbox[:, v : v + 1], own.V[:, v : v + 1],
+                    self_kv = PosKV(OK[:, v : v + 1], OKb[:, v : v + 1], own.V[:, v : v + 1],
                                     own.Vbox[:, v : v + 1], exact=X.is_exact())
                     out, _ = self._layer_set(layer - 1, X, pos, others + [self_kv], final=False)
                     sets.append(out)
@@ -435,6 +447,10 @@ class Engine:
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)
         m, ref = self.margins(X, c, refine)
+        if not _finite_set(X):
+            # Overflowed bounds (inf/NaN in the set) certify nothing; NaN can vanish in comparisons.
+            m = np.full_like(m, -np.inf)
+            m[c] = np.inf
         return CaseResult(L, last, m, ref, lams)
 
     def reference_logits(self) -> tuple[np.ndarray, np.ndarray]:

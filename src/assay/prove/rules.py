@@ -312,15 +312,19 @@ def anchor_average(s: np.ndarray, srad: np.ndarray, V: np.ndarray, Vbox: np.ndar
     o = p @ V
     dev = p @ np.abs(V - o)
     rbar = float(up(float(xerr.max()) + 1.01 * (REL_EXP + gamma(n + 2)) + 2 * U * float(np.abs(x).max()), 4))
-    tau = float(up(math.expm1(2.0 * rbar), 8))
+    tau = float(up(math.expm1(2.0 * rbar), 8)) if 2.0 * rbar < 700.0 else math.inf
     ferr = up(3 * gamma(n + 3) * (p @ np.abs(V)), 4)
-    obox = up(Vbox.max(axis=0) + tau * up(dev, n + 8) + ferr, 4)
+    spread = np.where(dev > 0, tau * up(dev, n + 8), 0.0)  # no inf * 0 when tau overflows
+    obox = up(Vbox.max(axis=0) + spread + ferr, 4)
     if rbar >= INTERVAL_SOFTMAX_MIN:
-        # Uncertain scores: also the exact range of sum w v / sum w over independent weight intervals.
+        # Uncertain scores: also the exact range of sum w v / sum w over independent weight intervals;
+        # and always the values' hull (the average is a convex combination), so that overflowed bounds
+        # stay finite. fmax/fmin: a NaN side is dropped, never propagated or trusted.
         w_lo_b, w_hi_b = exp_bounds(x, xerr)
         ilo, ihi = interval_average(w_lo_b, w_hi_b, V, Vbox)
-        lo = np.maximum(next_down(o - obox), ilo)
-        hi = np.minimum(next_up(o + obox), ihi)
+        # (one round-to-nearest is within half an ulp, so one next_down / next_up is on the safe side)
+        lo = np.fmax(np.fmax(next_down(o - obox), ilo), next_down(V - Vbox).min(axis=0))
+        hi = np.fmin(np.fmin(next_up(o + obox), ihi), next_up(V + Vbox).max(axis=0))
         o = 0.5 * (lo + hi)
         obox = up(np.maximum(hi - o, o - lo), 2)
     return o, obox, m, float(down(w_lo.sum(), n + 2))
@@ -447,7 +451,7 @@ def ball_affine(x: np.ndarray, xerr: np.ndarray, W: np.ndarray, b: np.ndarray | 
     return y, up(up(e, d + 8) + U * np.abs(y), 2)
 
 
-GELU_D1_MAX = 1.13  # sup |gelu'| = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.0682
+GELU_D1_MAX = 1.13  # sup |gelu'| = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.12890 (at x = sqrt 2)
 
 
 def act_points(p: np.ndarray, perr: np.ndarray, act: str):
