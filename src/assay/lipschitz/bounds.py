@@ -368,14 +368,18 @@ def upper_bounds(amap: AttentionMap, tset: TokenSet, n: int, mc: MapConstants | 
     """Return the proved upper bounds on the Lipschitz constant of ``amap`` over ``tset``'s K^n.
 
     What is proved: for every X in K^n, ``||J(X)||_2 <= upper`` (operator norm for the Frobenius norm on
-    n x d inputs and outputs), for the real-number map defined by the float64 weights.
+    n x d inputs and outputs), for the real-number map defined by the float64 weights. The formulas are
+    evaluated at the radius ``R (1 + 2^-40)`` (rounded up), so the bound holds on the ball of that radius:
+    this covers a float R that lies below the real radius it stands for (``R = fl(sqrt(d))`` for the
+    LayerNorm set) and points that the float64 projection leaves a few ulps outside the ball.
     """
     import time
 
     t0 = time.perf_counter()
     if mc is None:
         mc = map_constants(amap, max_offset=min(n, 64))
-    R = tset.radius
+    with rg.precision():
+        R = rg.up(arb(tset.radius) * (1 + arb(2) ** -40))
     causal = amap.causal
     sq, gp, mf = [], [], []
     with rg.precision():
@@ -398,8 +402,8 @@ def upper_bounds(amap: AttentionMap, tset: TokenSet, n: int, mc: MapConstants | 
                 rl = (hl.Delta / 2).exp()
                 mf.append(rl + hl.t2 + RWl * rl)
         b_sq, b_gp, b_mf = _combine(mc, sq), _combine(mc, gp), _combine(mc, mf)
-    recalled = recalled_sqrt_n_bound(amap, mc, R, n)
-    return UpperBounds(n, R, b_sq, min(b_gp, b_sq), b_mf, min(b_gp, b_sq), recalled, time.perf_counter() - t0)
+    recalled = recalled_sqrt_n_bound(amap, mc, tset.radius, n)
+    return UpperBounds(n, tset.radius, b_sq, min(b_gp, b_sq), b_mf, min(b_gp, b_sq), recalled, time.perf_counter() - t0)
 
 
 def recalled_sqrt_n_bound(amap: AttentionMap, mc: MapConstants, R: float, n: int) -> float | None:
