@@ -368,14 +368,18 @@ def upper_bounds(amap: AttentionMap, tset: TokenSet, n: int, mc: MapConstants | 
     """Return the proved upper bounds on the Lipschitz constant of ``amap`` over ``tset``'s K^n.
 
     What is proved: for every X in K^n, ``||J(X)||_2 <= upper`` (operator norm for the Frobenius norm on
-    n x d inputs and outputs), for the real-number map defined by the float64 weights.
+    n x d inputs and outputs), for the real-number map defined by the float64 weights. The formulas are
+    evaluated at the radius ``R (1 + 2^-40)`` (rounded up), so the bound holds on the ball of that radius:
+    this covers a float R that lies below the real radius it stands for (``R = fl(sqrt(d))`` for the
+    LayerNorm set) and points that the float64 projection leaves a few ulps outside the ball.
     """
     import time
 
     t0 = time.perf_counter()
     if mc is None:
         mc = map_constants(amap, max_offset=min(n, 64))
-    R = tset.radius
+    with rg.precision():
+        R = rg.up(arb(tset.radius) * (1 + arb(2) ** -40))
     causal = amap.causal
     sq, gp, mf = [], [], []
     with rg.precision():
@@ -398,8 +402,8 @@ def upper_bounds(amap: AttentionMap, tset: TokenSet, n: int, mc: MapConstants | 
                 rl = (hl.Delta / 2).exp()
                 mf.append(rl + hl.t2 + RWl * rl)
         b_sq, b_gp, b_mf = _combine(mc, sq), _combine(mc, gp), _combine(mc, mf)
-    recalled = recalled_sqrt_n_bound(amap, mc, R, n)
-    return UpperBounds(n, R, b_sq, min(b_gp, b_sq), b_mf, min(b_gp, b_sq), recalled, time.perf_counter() - t0)
+    recalled = recalled_sqrt_n_bound(amap, mc, tset.radius, n)
+    return UpperBounds(n, tset.radius, b_sq, min(b_gp, b_sq), b_mf, min(b_gp, b_sq), recalled, time.perf_counter() - t0)
 
 
 def recalled_sqrt_n_bound(amap: AttentionMap, mc: MapConstants, R: float, n: int) -> float | None:
@@ -431,6 +435,24 @@ def _folded_float(amap: AttentionMap) -> dict[str, torch.Tensor]:
     return out
 
 
+def _centred_distances(P: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """Return ``D [n, n]`` with ``D_ij = ||Z_j - (P Z)_i||``, computed from the differences themselves.
+
+    No ``E||z||^2 - ||E z||^2`` identity (whose cancellation can lose all relative accuracy when the
+    attention concentrates); rows are processed in blocks so the [block, n, dim] temporary stays small.
+    """
+    n, dz = Z.shape
+    Zbar = P @ Z
+    out = torch.empty(n, n, dtype=Z.dtype)
+    block = max(1, (1 << 21) // max(1, n * dz))
+    for i0 in range(0, n, block):
+        out[i0 : i0 + block] = (Z[None, :, :] - Zbar[i0 : i0 + block, None, :]).norm(dim=-1)
+    return out
+
+
+LOCAL_ABS_MARGIN = 2.0**-40  # absolute margin of the float64 local bound, per unit of n d times its data scale
+
+
 def local_upper_bound(amap: AttentionMap, X: torch.Tensor, mc: MapConstants) -> float:
     """Return an upper bound on ||J(X)||_2 at this one input X [n, d], from X's own attention pattern.
 
@@ -438,10 +460,15 @@ def local_upper_bound(amap: AttentionMap, X: torch.Tensor, mc: MapConstants) -> 
     ybar_i||^2``, t2_i <= sqrt(Var_i) sqrt(sum_j P_ij ||a_ij - abar_i||^2) (no RoPE; with RoPE the
     uncentred ``||W_Q|| ||k_j||``), and t3 the smaller of ``||(P_ij ||y_j - ybar_i|| ||w_ij||)_ij||_2`` and
     ``sqrt(max_j sum_i P_ij Var_i ||w_ij||^2)``; combined with the proved weight norms as in the set
-    bounds. The data terms are computed in float64 and multiplied by LOCAL_SAFETY = 1 + 1e-6: each is a
-    sum of at most n d nonnegative terms or an LAPACK 2-norm of an n x n nonnegative matrix, whose
-    relative rounding error is below n d 2^-53 (< 1e-9 for n d < 10^7), three orders of magnitude inside
-    the factor. This is a numerically safe bound, not an arb-certified one.
+    bounds.
+
+    Rounding (float64, not arb): every centred quantity is computed from the differences
+    ``z_j - zbar_i`` themselves, so its square root is off by at most about ``n d 2^-53`` times the
+    *uncentred* scale (``max ||y_j||``, ``max ||a_j||``, ``max ||w_i||``), not relative to its own,
+    possibly tiny, value. The per-head sum is therefore multiplied by LOCAL_SAFETY = 1 + 1e-6 (for the
+    relative errors of P, its LAPACK norm and the sums) and increased by ``2^-40 n d`` times
+    ``R_X (max_j ||a_j|| + sqrt(n) max_i ||w_i||)`` (R_X = max_j ||y_j||), 2^13 times those absolute
+    errors. A numerically safe bound, not an arb-certified one.
     """
     fw = _folded_float(amap)
     X = X.detach().to(torch.float64)
@@ -449,33 +476,38 @@ def local_upper_bound(amap: AttentionMap, X: torch.Tensor, mc: MapConstants) -> 
         X = X - X.mean(dim=-1, keepdim=True)  # the map depends on C u only
     with torch.no_grad():
         P_all = amap.pattern(X)  # [H, n, n]
+    n = X.shape[0]
     e = amap.d_head
+    R_X = float(X.norm(dim=-1).max())
     inner = []
     for h in range(len(mc.heads)):
         P = P_all[h]
         WQ, WK = fw["W_Q"][h], fw["W_K"][h]
         q = X @ WQ + fw["b_Q"][h]
         k = X @ WK + fw["b_K"][h]
-        ybar = P @ X  # [n, d]
-        dist2 = ((X[None, :, :] - ybar[:, None, :]) ** 2).sum(-1)  # [i, j] ||y_j - ybar_i||^2
-        var = (P * dist2).sum(-1)
+        dist = _centred_distances(P, X)  # [i, j] ||y_j - ybar_i||
+        var = (P * dist**2).sum(-1)
         rho = float(torch.linalg.matrix_norm(P, ord=2))
         if amap.rotary_dim is None:
-            GQ = WQ.T @ WQ / e
-            kbar = P @ k
-            quad = torch.einsum("je,ef,jf->j", k, GQ, k)
-            a_spread = (P * quad[None, :]).sum(-1) - torch.einsum("ie,ef,if->i", kbar, GQ, kbar)
-            t2 = float((var.clamp_min(0) * a_spread.clamp_min(0)).sqrt().max())
+            # a_ij = k_j W_Q^T / sqrt(e); ||(k_j - kbar_i) W_Q^T||^2 / e = ||(k_j - kbar_i) F||^2, F F^T = W_Q^T W_Q / e
+            lam, U = torch.linalg.eigh(WQ.T @ WQ / e)
+            kk = k @ (U * lam.clamp_min(0).sqrt()[None, :])
+            a_spread = (P * _centred_distances(P, kk) ** 2).sum(-1)
+            t2 = float((var * a_spread).sqrt().max())
+            a_max = float(kk.norm(dim=-1).max())
             w_norm = (q @ WK.T).norm(dim=-1) / math.sqrt(e)  # ||w_i||, the same for every j
         else:
             nq = float(torch.linalg.matrix_norm(WQ, ord=2))
             nk = float(torch.linalg.matrix_norm(WK, ord=2))
-            t2 = float((var.sqrt() * nq / math.sqrt(e) * (P * (k.norm(dim=-1) ** 2)[None, :]).sum(-1).sqrt()).max())
+            a_norm2 = (k.norm(dim=-1) * nq / math.sqrt(e)) ** 2  # >= ||a_ij||^2 at every offset
+            t2 = float((var.sqrt() * (P * a_norm2[None, :]).sum(-1).sqrt()).max())
+            a_max = float(a_norm2.max().sqrt())
             w_norm = nk * q.norm(dim=-1) / math.sqrt(e)
-        D = P * dist2.sqrt() * w_norm[:, None]
+        D = P * dist * w_norm[:, None]
         t3a = float(torch.linalg.matrix_norm(D, ord=2))
         t3b = float(((P * (var * w_norm**2)[:, None]).sum(0)).max().sqrt())
-        inner.append(arb((rho + t2 + min(t3a, t3b)) * LOCAL_SAFETY))
+        margin = LOCAL_ABS_MARGIN * n * X.shape[1] * R_X * (a_max + math.sqrt(n) * float(w_norm.max()))
+        inner.append(arb((rho + t2 + min(t3a, t3b)) * LOCAL_SAFETY + margin))
     return _combine(mc, inner)
 
 
