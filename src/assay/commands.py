@@ -205,6 +205,11 @@ def check_cmd(args: argparse.Namespace) -> Outcome:
         raise BadInput(f"{args.cert}: not a JSON certificate ({e})") from None
     if not isinstance(cert, dict):
         raise BadInput(f"{args.cert}: not a JSON certificate (expected an object)")
+    from assay.prove.check import REQUIRED
+
+    missing = [k for k in REQUIRED if k not in cert]
+    if missing:  # not a certificate at all (unusable input), as opposed to one that fails the check
+        raise BadInput(f"{args.cert}: corrupt certificate, missing field(s) {', '.join(missing)}")
     name = args.model or cert.get("model")
     if not name:
         raise BadInput("the certificate names no model; pass --model")
