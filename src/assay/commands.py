@@ -237,7 +237,7 @@ def _design_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("design", help="search for a prefix of a given length that is proven to overwhelm the model",
-         example="assay design overwhelm-1l --n-fix 64 --n-free 2 --json", args=_design_args)
+         example="assay design overwhelm-1l --n-fix 256 --n-free 2 --suffix 321 --budget 60 --json", args=_design_args)
 def design_cmd(args: argparse.Namespace) -> Outcome:
     model = load_model(args.model)
     check_ids_in_vocab(args.suffix, model.cfg.d_vocab, "--suffix")

@@ -112,8 +112,13 @@ def design(
     best = {"prefix": None, "margin": -np.inf}
     phase = {"n_eval": min(n_free, 1)}
 
+    # The short free length (1) is only a cheap guide: it may use half the budget, so that the search at
+    # the full free length always gets time of its own.
+    short_deadline = t0 + 0.5 * float(budget_seconds) if n_free > 1 else deadline
+
     def out_of_time() -> bool:
-        return time.perf_counter() > deadline
+        limit = short_deadline if phase["n_eval"] < n_free else deadline
+        return time.perf_counter() > limit
 
     def score(prefix: list[int], strategy: str, rnd: int) -> float:
         key = (phase["n_eval"], tuple(prefix))
@@ -161,7 +166,7 @@ def design(
     # ---------------------------------------------------------------- 3. coordinate search, short then full
     rnd = 0
     for n_eval in dict.fromkeys([min(n_free, 1), n_free]):
-        if best["prefix"] is None or out_of_time():
+        if best["prefix"] is None or time.perf_counter() > deadline:
             break
         if n_eval != phase["n_eval"]:
             phase["n_eval"] = n_eval
