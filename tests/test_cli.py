@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input
 
 from assay.model import ModelConfig, Transformer, save
 
@@ -23,17 +24,6 @@ def run(*args: str, env_models: Path | None = None, cwd: Path | None = None) -> 
         env["ASSAY_MODELS"] = str(env_models)
     return subprocess.run([sys.executable, "-m", "assay", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)
-
-
-def assert_bad_input(p: subprocess.CompletedProcess, *needles: str) -> None:
-    """Exit 2, exactly one line on stderr, no traceback, nothing on stdout."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert "Traceback" not in p.stderr
-    assert p.stdout == ""
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

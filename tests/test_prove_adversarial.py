@@ -36,6 +36,7 @@ from assay.model import ModelConfig, Transformer, load, save
 from assay.prove import CertificateError, check, prove
 from assay.prove.api import digest
 from assay.prove.engine import Engine
+from assay.prove.toy import perturb_and_scale
 from assay.prove.weights import extract, state_dict_sha256
 
 
@@ -73,18 +74,7 @@ def random_model(rng: np.random.Generator) -> Transformer:
     unembed = float(rng.choice([1.0, 3.0, 10.0]))
     bias = float(rng.choice([0.0, 0.1, 1.0]))
     gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.rsplit(".", 1)[-1].startswith("W_"):
-                p.add_(bias * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for blk in model.blocks:
-            blk.attn.W_Q.mul_(qk)
-            blk.attn.W_K.mul_(qk)
-            blk.attn.W_V.mul_(vo)
-            blk.attn.W_O.mul_(vo)
-        model.embed.W_E.mul_(embed)
-        model.unembed.W_U.mul_(unembed)
-    return model.eval()
+    return perturb_and_scale(model, gen, qk=qk, vo=vo, embed=embed, unembed=unembed, bias=bias)
 
 
 def random_claim(rng: np.random.Generator, model, n_free_max: int = 3):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input
 
 from assay.cli import main
 from assay.model import ModelConfig, Transformer, save, shipped_models
@@ -39,16 +40,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def assert_bad_input(p: subprocess.CompletedProcess, *needles: str) -> None:
-    """Exit 2, one line on stderr, no traceback, nothing on stdout."""
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert p.stdout == ""
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def ids(xs) -> str:

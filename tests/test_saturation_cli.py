@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input
 
 from assay.model import ModelConfig, Transformer, save
 from assay.saturation import meter
@@ -21,14 +22,6 @@ def run(*args: str, env_models=None) -> subprocess.CompletedProcess:
         env["ASSAY_MODELS"] = str(env_models)
     return subprocess.run([sys.executable, "-m", "assay", "saturation", *args], capture_output=True, text=True,
                           timeout=300, env=env)
-
-
-def assert_bad_input(p: subprocess.CompletedProcess, needle: str) -> None:
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert needle in lines[0], lines[0]
-    assert p.stdout == ""
 
 
 SOFT = ModelConfig(n_layers=2, d_model=8, n_heads=2, d_head=4, d_vocab=5, n_ctx=16, d_mlp=16,

@@ -16,6 +16,7 @@ the causal test are always shown, also when nothing is flagged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -216,6 +217,22 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     return {"slope": _f(slope), "intercept": _f(intercept), "r": _f(r), "n": int(x.size)}
 
 
+def _restoring_train_mode(fn: Callable[..., Analysis]) -> Callable[..., Analysis]:
+    """Run ``fn(model, ...)`` with the model in eval mode and put its own train/eval mode back afterwards."""
+
+    @functools.wraps(fn)
+    def run(model: Transformer, *args: Any, **kwargs: Any) -> Analysis:
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return run
+
+
+@_restoring_train_mode
 @torch.no_grad()
 def analyze(
     model: Transformer,
@@ -237,28 +254,6 @@ def analyze(
     BadInput if there are no prompts, a prompt is empty, too long or has a token out of range, no prompt
     has a next token to attribute (every prompt one token long), or ``writer`` is not a head or MLP.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        return _analyze(model, prompts, writer=writer, rule=rule, mode=mode, max_focus=max_focus,
-                        intervention_prompts=intervention_prompts, adversarial_k=adversarial_k, decode=decode,
-                        progress=progress)
-    finally:
-        model.train(was_training)
-
-
-def _analyze(
-    model: Transformer,
-    prompts: Sequence[Sequence[int]],
-    writer: str | None = None,
-    rule: ErasureRule | None = None,
-    mode: str = "frozen",
-    max_focus: int = 3,
-    intervention_prompts: int | None = None,
-    adversarial_k: int = 5,
-    decode: Callable[[list[int]], str] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Analysis:
     rule = rule or ErasureRule()
     mode = resolve_mode(model, mode)
     comps = C.components(model)

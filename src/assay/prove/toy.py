@@ -50,7 +50,23 @@ def toy_model(
     )
     model = Transformer(cfg).double()
     model.init_weights(seed=seed)
-    gen = torch.Generator().manual_seed(10_000 + seed)
+    return perturb_and_scale(model, torch.Generator().manual_seed(10_000 + seed), qk=qk, embed=embed,
+                             unembed=unembed, bias=bias)
+
+
+def perturb_and_scale(
+    model: Transformer,
+    gen: torch.Generator,
+    *,
+    qk: float = 1.0,
+    vo: float = 1.0,
+    embed: float = 1.0,
+    unembed: float = 1.0,
+    bias: float = 0.0,
+) -> Transformer:
+    """Return ``model`` in eval mode after adding Normal(0, bias) noise (from ``gen``) to every
+    non-matrix parameter (biases, LayerNorm gains) and scaling W_Q, W_K by ``qk``, W_V, W_O by ``vo``,
+    W_E by ``embed`` and W_U by ``unembed``, in place."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.rsplit(".", 1)[-1].startswith("W_"):
@@ -58,6 +74,8 @@ def toy_model(
         for blk in model.blocks:
             blk.attn.W_Q.mul_(qk)
             blk.attn.W_K.mul_(qk)
+            blk.attn.W_V.mul_(vo)
+            blk.attn.W_O.mul_(vo)
         model.embed.W_E.mul_(embed)
         model.unembed.W_U.mul_(unembed)
     return model.eval()
