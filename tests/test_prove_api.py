@@ -117,3 +117,22 @@ def test_design_respects_a_small_budget():
     m = toy_model(1)
     r = design(m, 12, 1, suffix=[0], budget_seconds=0.5, seed=np.int64(3).item())
     assert r.seconds < 10
+
+
+def test_design_with_an_evaluation_budget_is_reproducible_and_counts_evaluations():
+    m = toy_model(2, qk=1.0)
+    runs = []
+    for _ in range(2):
+        seen = []
+        r = design(m, 10, 2, suffix=[2], seed=0, max_evals=12, progress=seen.append)
+        runs.append((r, seen))
+    (a, seen_a), (b, seen_b) = runs
+    assert a.prefix == b.prefix and a.tried == b.tried and a.proven == b.proven and a.margin == b.margin
+    assert 0 < len(seen_a) <= 12 and len(seen_a) == len(seen_b)  # progress is called once per evaluation
+    # half the evaluations at most go to the one-free-token phase
+    assert sum(1 for s in seen_a if s["n_free"] == 1) <= 6
+    if a.proven:
+        e = enumerate_claim(m, a.prefix, 2, [2])
+        assert e.argmax_tokens == {a.token} and a.margin <= e.min_margin[a.token] + 1e-9
+    with pytest.raises(BadInput, match="max_evals"):
+        design(m, 10, 2, suffix=[2], max_evals=0)

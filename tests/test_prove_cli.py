@@ -212,6 +212,15 @@ def test_design_bad_input(toy_dir):
     toy = str(toy_dir / "toy")
     assert_bad_input(run("design", toy, "--n-fix", "30", "--n-free", "9", "--suffix", "1,2"), "n_ctx")
     assert_bad_input(run("design", toy, "--n-fix", "5", "--n-free", "1", "--suffix", "8"), "out of range")
+    assert_bad_input(run("design", toy, "--n-fix", "5", "--n-free", "1", "--evals", "0"), "--evals")
+
+
+def test_design_with_evals_gives_the_same_json_twice(toy_dir):
+    args = ("design", str(toy_dir / "toy"), "--n-fix", "10", "--n-free", "2", "--suffix", "2", "--evals", "10",
+            "--json")
+    a, b = json.loads(run(*args).stdout), json.loads(run(*args).stdout)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and a["tried"]
 
 
 @pytest.mark.skipif("overwhelm-1l" not in shipped_models(), reason="needs the shipped overwhelm-1l")

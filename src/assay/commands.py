@@ -234,6 +234,8 @@ def _design_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed", type=ids, metavar="IDS", help="tokens the free string may use")
     p.add_argument("--seed", type=nonneg_int, default=0, help="search seed (default 0)")
     p.add_argument("--budget", type=pos_float, default=60.0, metavar="SECONDS", help="search time budget")
+    p.add_argument("--evals", type=pos_int, metavar="N",
+                   help="stop after N prover evaluations instead of a time budget: the same result on every run")
 
 
 @command("design", help="search for a prefix of a given length that is proven to overwhelm the model",
@@ -249,7 +251,7 @@ def design_cmd(args: argparse.Namespace) -> Outcome:
     from assay.prove import design
 
     res = design(model, args.n_fix, args.n_free, suffix=args.suffix, allowed=args.allowed, seed=args.seed,
-                 budget_seconds=args.budget)
+                 budget_seconds=args.budget, max_evals=args.evals)
     data = {"prefix": list(res.prefix), "proven": bool(res.proven), "token": res.token, "margin": res.margin,
             "seconds": res.seconds, "tried": res.tried}
     return Outcome(data, code=0 if res.proven else 1)

@@ -47,14 +47,14 @@ def _setup(ctx: Any) -> dict:
         text_path = Path(__file__).resolve().parents[3] / "tests" / "data" / "sentences.txt"
         ids = tok.encode(text_path.read_text() if text_path.is_file() else "In the beginning " * 400).ids
         return dict(model=model, name="overwhelm-1l", decode=tok.decode, n_fix=256, n_free=2,
-                    suffix=tok.encode(".").ids[-1:], budget=40.0, extra=[tok.encode(" congreg").ids[-1]],
+                    suffix=tok.encode(".").ids[-1:], evals=60, extra=[tok.encode(" congreg").ids[-1]],
                     fix_grid=[16, 32, 64, 128, 256, 512, 1024], limit=8, text=(ids * (1024 // len(ids) + 2))[:1100])
     from assay.prove.toy import toy_model
 
     ctx.log("prove: overwhelm-1l is not shipped here; using a tiny random model")
     model = toy_model(2, qk=1.0)
     return dict(model=model, name="toy (random, V=6)", decode=lambda ts: " ".join(map(str, ts)), n_fix=10,
-                n_free=2, suffix=[2], budget=10.0, extra=[], fix_grid=[4, 8, 12, 16, 24], limit=6,
+                n_free=2, suffix=[2], evals=30, extra=[], fix_grid=[4, 8, 12, 16, 24], limit=6,
                 text=[(7 * i + 3) % 6 for i in range(40)])
 
 
@@ -66,7 +66,7 @@ def section(ctx: Any) -> str:
     s = _setup(ctx)
     model, decode, suffix = s["model"], s["decode"], s["suffix"]
     ctx.log(f"prove: design on {s['name']}, n_fix {s['n_fix']}, n_free {s['n_free']}")
-    d = design(model, s["n_fix"], s["n_free"], suffix=suffix, seed=0, budget_seconds=s["budget"])
+    d = design(model, s["n_fix"], s["n_free"], suffix=suffix, seed=0, max_evals=s["evals"])
     parts = [
         "<p>The claim: for <em>every</em> string t of 0..n_free tokens, the next token after prefix + t + suffix "
         "is the same. <code>assay design</code> searched prefixes with the prover's certified margin as "

@@ -92,12 +92,19 @@ def design(
     seed: int = 0,
     budget_seconds: float = 60,
     progress: Callable[[dict], None] | None = None,
+    max_evals: int | None = None,
 ) -> DesignResult:
     """Search for a prefix of n_fix tokens that the prover certifies for n_free free tokens.
 
     Returns the best prefix found (highest certified margin; proven ones first). ``progress``, if
     given, is called with a dict after every evaluation (strategy, round, margin, best so far).
+    The search stops after ``budget_seconds`` of wall time, or, when ``max_evals`` is given, after that
+    many prover evaluations instead (the time budget is then ignored), which makes the result the same
+    on every run and machine for a given seed.
     """
+    if max_evals is not None and (isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer))
+                                  or max_evals < 1):
+        raise BadInput(f"max_evals must be a positive integer, got {max_evals!r}")
     t0 = time.perf_counter()
     if isinstance(n_fix, bool) or not isinstance(n_fix, (int, np.integer)) or n_fix < 1:
         raise BadInput(f"n_fix must be a positive integer, got {n_fix!r}")
@@ -116,14 +123,22 @@ def design(
     # the full free length always gets time of its own.
     short_deadline = t0 + 0.5 * float(budget_seconds) if n_free > 1 else deadline
 
+    evals = {"n": 0}
+
     def out_of_time() -> bool:
-        limit = short_deadline if phase["n_eval"] < n_free else deadline
-        return time.perf_counter() > limit
+        short = phase["n_eval"] < n_free
+        if max_evals is not None:
+            return evals["n"] >= (max(1, max_evals // 2) if short and n_free > 1 else max_evals)
+        return time.perf_counter() > (short_deadline if short else deadline)
+
+    def all_spent() -> bool:
+        return evals["n"] >= max_evals if max_evals is not None else time.perf_counter() > deadline
 
     def score(prefix: list[int], strategy: str, rnd: int) -> float:
         key = (phase["n_eval"], tuple(prefix))
         if key not in cache:
             r = prove(model, prefix, phase["n_eval"], suffix=suffix, allowed=allowed_list)
+            evals["n"] += 1
             cache[key] = r.best_margin if r.best_margin is not None else -np.inf
             if cache[key] > best["margin"]:
                 best.update(prefix=list(prefix), margin=cache[key])
@@ -166,7 +181,7 @@ def design(
     # ---------------------------------------------------------------- 3. coordinate search, short then full
     rnd = 0
     for n_eval in dict.fromkeys([min(n_free, 1), n_free]):
-        if best["prefix"] is None or time.perf_counter() > deadline:
+        if best["prefix"] is None or all_spent():
             break
         if n_eval != phase["n_eval"]:
             phase["n_eval"] = n_eval
