@@ -149,6 +149,20 @@ def test_every_option_combination_builds_runs_and_matches_reference(option_combo
     assert_matches_reference(model, tokens)
 
 
+@pytest.mark.parametrize("combo", [c for c in option_combinations() if c["attention"] == "softmax"], ids=str)
+def test_fused_and_hooked_attention_paths_agree_and_hooks_still_see_the_pattern(combo, small_config, random_model):
+    """Softmax attention with no hook on the scores or pattern runs PyTorch's fused attention; with a hook
+    it materialises them. Both must give the same function (float64: to 1e-12), and a hook must run."""
+    model = random_model(small_config(**combo), seed=2)
+    tokens = torch.tensor([[3, 5, 3, 3, 7, 5, 3, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
+    fused = model(tokens)
+    seen = []
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x.shape))]):
+        hooked = model(tokens)
+    assert seen and seen[0] == (2, 3, 8, 8)
+    torch.testing.assert_close(fused, hooked, rtol=1e-12, atol=1e-12)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n_layers=st.integers(1, 3),

@@ -63,6 +63,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
 
 
+def _hooked(point: nn.Module) -> bool:
+    """Whether any forward hook (or pre-hook) is registered on ``point``."""
+    return bool(point._forward_hooks or point._forward_pre_hooks)
+
+
 def attention_pattern(scores: torch.Tensor, mode: str) -> torch.Tensor:
     """Turn masked scores [..., k] (masked entries = -inf) into attention weights over k.
 
@@ -109,6 +114,12 @@ class Attention(nn.Module):
             cos, sin = rotary_cos_sin(n, cfg.rotary_dim, cfg.rotary_base, x.dtype, x.device)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
+        if cfg.attention == "softmax" and not (_hooked(self.hook_attn_scores) or _hooked(self.hook_pattern)):
+            # Nobody reads or edits the scores or the pattern: PyTorch's fused attention computes the same
+            # function without materialising the [b, h, q, k] tensors (equal up to rounding; tested).
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=cfg.causal).transpose(1, 2)
+            return self._output(self.hook_z(z))
         # The scores [b, h, q, k] are the largest tensors of a long-sequence pass: a batched matmul on
         # [b, h, q, e] x [b, h, e, k] gives them contiguous, and the scale and the mask are applied in
         # place on that fresh product (same values as einsum, `/`, masked_fill; fewer full-size copies).
@@ -120,6 +131,10 @@ class Attention(nn.Module):
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(attention_pattern(scores, cfg.attention))
         z = self.hook_z(torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))  # [b, q, h, e]
+        return self._output(z)
+
+    def _output(self, z: torch.Tensor) -> torch.Tensor:
+        """The sublayer's output [b, q, d] from the per-head mixed values z [b, q, h, e]."""
         if self.use_attn_result:
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))  # [b, q, h, d]
             return result.sum(dim=2) + self.b_O
