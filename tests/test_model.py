@@ -155,12 +155,18 @@ def test_fused_and_hooked_attention_paths_agree_and_hooks_still_see_the_pattern(
     it materialises them. Both must give the same function (float64: to 1e-12), and a hook must run."""
     model = random_model(small_config(**combo), seed=2)
     tokens = torch.tensor([[3, 5, 3, 3, 7, 5, 3, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
-    fused = model(tokens)
-    seen = []
-    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x.shape))]):
-        hooked = model(tokens)
+    with torch.no_grad():
+        fused = model(tokens)
+        seen = []
+        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x.shape))]):
+            hooked = model(tokens)
     assert seen and seen[0] == (2, 3, 8, 8)
     torch.testing.assert_close(fused, hooked, rtol=1e-12, atol=1e-12)
+    # gradients on (training): always the explicit path, bit-identical whether or not a hook is there
+    with_grad = model(tokens)
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: None)]):
+        with_grad_hooked = model(tokens)
+    assert torch.equal(with_grad, with_grad_hooked)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -114,9 +114,12 @@ class Attention(nn.Module):
             cos, sin = rotary_cos_sin(n, cfg.rotary_dim, cfg.rotary_base, x.dtype, x.device)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
-        if cfg.attention == "softmax" and not (_hooked(self.hook_attn_scores) or _hooked(self.hook_pattern)):
-            # Nobody reads or edits the scores or the pattern: PyTorch's fused attention computes the same
-            # function without materialising the [b, h, q, k] tensors (equal up to rounding; tested).
+        if (cfg.attention == "softmax" and not torch.is_grad_enabled()
+                and not (_hooked(self.hook_attn_scores) or _hooked(self.hook_pattern))):
+            # Inference, and nobody reads or edits the scores or the pattern: PyTorch's fused attention
+            # computes the same function without materialising the [b, h, q, k] tensors (equal up to
+            # rounding; tested). With gradients on (training, torch.func analyses) the explicit path is
+            # kept, so training stays bit-identical to the runs that made the shipped models.
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=cfg.causal).transpose(1, 2)
             return self._output(self.hook_z(z))
