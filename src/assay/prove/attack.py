@@ -11,7 +11,6 @@ float64 forward pass on the discrete string; the relaxation only proposes candid
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -35,15 +34,6 @@ def _margin(logits: torch.Tensor, c: int) -> torch.Tensor:
     other = logits.clone()
     other[..., c] = -math.inf
     return logits[..., c] - other.max(dim=-1).values
-
-
-@contextlib.contextmanager
-def _embed_override(model, fn):
-    handle = model.hook_embed.add_hook(lambda x, hook: fn(x))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def gradient_counterexample(
@@ -104,7 +94,7 @@ def gradient_counterexample(
         def swap(x: torch.Tensor) -> torch.Tensor:
             return torch.cat([x[:, :n0], emb_free.unsqueeze(0).to(x.dtype), x[:, n0 + L :]], dim=1)
 
-        with _embed_override(m, swap):
+        with m.hooks(fwd_hooks=[("hook_embed", lambda x, hook: swap(x))]):
             return _margin(m(seq)[0, -1], token)
 
     def gcg(idx: torch.Tensor) -> torch.Tensor:

@@ -119,26 +119,20 @@ def design(
     best = {"prefix": None, "margin": -np.inf}
     phase = {"n_eval": min(n_free, 1)}
 
-    # The short free length (1) is only a cheap guide: it may use half the budget, so that the search at
-    # the full free length always gets time of its own.
-    short_deadline = t0 + 0.5 * float(budget_seconds) if n_free > 1 else deadline
-
-    evals = {"n": 0}
+    # The short free length (1) is only a cheap guide: it may use half the budget (time, or evaluations:
+    # every cache entry is one prover run), so that the full free length always gets a search of its own.
+    def spent(short: bool) -> bool:
+        if max_evals is not None:
+            return len(cache) >= (max(1, max_evals // 2) if short else max_evals)
+        return time.perf_counter() > (t0 + 0.5 * float(budget_seconds) if short else deadline)
 
     def out_of_time() -> bool:
-        short = phase["n_eval"] < n_free
-        if max_evals is not None:
-            return evals["n"] >= (max(1, max_evals // 2) if short and n_free > 1 else max_evals)
-        return time.perf_counter() > (short_deadline if short else deadline)
-
-    def all_spent() -> bool:
-        return evals["n"] >= max_evals if max_evals is not None else time.perf_counter() > deadline
+        return spent(phase["n_eval"] < n_free)
 
     def score(prefix: list[int], strategy: str, rnd: int) -> float:
         key = (phase["n_eval"], tuple(prefix))
         if key not in cache:
             r = prove(model, prefix, phase["n_eval"], suffix=suffix, allowed=allowed_list)
-            evals["n"] += 1
             cache[key] = r.best_margin if r.best_margin is not None else -np.inf
             if cache[key] > best["margin"]:
                 best.update(prefix=list(prefix), margin=cache[key])
@@ -181,7 +175,7 @@ def design(
     # ---------------------------------------------------------------- 3. coordinate search, short then full
     rnd = 0
     for n_eval in dict.fromkeys([min(n_free, 1), n_free]):
-        if best["prefix"] is None or all_spent():
+        if best["prefix"] is None or spent(False):
             break
         if n_eval != phase["n_eval"]:
             phase["n_eval"] = n_eval
