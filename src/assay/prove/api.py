@@ -199,8 +199,8 @@ def _prove(model, prefix, n_free, suffix, allowed, options, _stop_early) -> Prov
     cases = run_cases(engine, n_free, c, stop_below=0.0 if _stop_early else None)
     worst = min(cases, key=lambda r: r.margin)
     complete = len(cases) == sum(1 for _ in enumerate_cases(n_free, suffix, vocab))
-    proven = (complete and all(r.margin > 0.0 for r in cases) and worst.margin > 0.0
-              and _loosen_down(worst.margin) > 0.0)
+    # every case, not just min(): a NaN would compare False both ways (CaseResult maps it to -inf too)
+    proven = complete and all(r.margin > 0.0 for r in cases) and _loosen_down(worst.margin) > 0.0
     case_records = [
         {
             "L": r.L,
