@@ -501,8 +501,13 @@ def expansion_point(Y: CSet, lo: list, hi: list) -> tuple[list, arb]:
 
 
 def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
+    return ln_taylor(X, w, b, eps)[0]
+
+
+def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb) -> tuple[CSet, tuple | None]:
+    """LN's set and, for a Taylor expansion, (Y, y*, sigma*, sig_min, r, id of the remainder ball)."""
     if w is None:
-        return X
+        return X, None
     d = X.d
     Y = X.center_coords()
     lo, hi = Y.coord_bounds()
@@ -523,14 +528,47 @@ def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
             out = CSet.point(g)
             rad = lip
         out.terms.append(CTerm(next(_ids), "ell", _diag([rad] * d)))
+        return out.scale(w).shift(b), None
     else:
         s2 = sig * sig
         J = arb_mat([[((ONE if i == j else ZERO) - ys[i] * ys[j] / (d * s2)) / sig for j in range(d)]
                      for i in range(d)])
         absJ = _absmat(J)
         out = Y.shift([-v for v in ys]).affine(J, absJ).shift(g)
-        out.terms.append(CTerm(next(_ids), "ell", _diag([rho] * d)))
-    return out.scale(w).shift(b)
+        ball = CTerm(next(_ids), "ell", _diag([rho] * d))
+        out.terms.append(ball)
+        return out.scale(w).shift(b), (Y, ys, sig, sig_min, r, ball.id)
+
+
+def _interval_mul(alo: arb, ahi: arb, blo: arb, bhi: arb) -> tuple[arb, arb]:
+    ps = [alo * blo, alo * bhi, ahi * blo, ahi * bhi]
+    return _emin(_lo(p) for p in ps), _emax(_up(p) for p in ps)
+
+
+def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, eps: arb) -> tuple[list, list]:
+    """Bounds of every pre-activation LN(x) W_in + b_in from the Taylor set's linear part and a scalar
+    remainder: p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h)/sigma(y), c_j = (w*W_in[:, j]).y*/sigma*,
+    v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md)."""
+    Y, ys, sig, sig_min, r, ball_id = expansion
+    w, b = lw["ln2"]
+    d = Y.d
+    lin = CSet(list(P.center), list(P.box), [t for t in P.terms if t.id != ball_id])
+    llo, lhi = lin.coord_bounds()
+    W = lw["W_in"]
+    wys = _row([wi * yi for wi, yi in zip(w, ys, strict=True)])
+    c = [x / sig for x in _vec(wys * W)]
+    v = [x + y + z for x, y, z in zip(_vec(_row(b) * W), lw["b_in"], c, strict=True)]
+    s_lo, s_hi = sigma_range(Y, eps)
+    s_lo = _emax([s_lo, sig_min])
+    q_lo, q_hi = _lo(sig / s_hi), _up(sig / s_lo)
+    t = _up(r * r / (2 * d * sig_min) / s_lo)
+    lo, hi = [], []
+    for j in range(len(v)):
+        m_lo, m_hi = _interval_mul(_lo(llo[j] - v[j]), _up(lhi[j] - v[j]), q_lo, q_hi)
+        ct = -c[j] * t
+        lo.append(_lo(v[j] + m_lo + _emin([ZERO, _lo(ct)])))
+        hi.append(_up(v[j] + m_hi + _emax([ZERO, _up(ct)])))
+    return lo, hi
 
 
 def sigma_range(Y: CSet, eps: arb) -> tuple[arb, arb]:
@@ -594,9 +632,17 @@ def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
     return a, bb, mu
 
 
-def mlp_set(X: CSet, lw: dict, act: str) -> CSet:
+def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None) -> CSet:
+    """``ln = (expansion, eps)`` when X is LayerNorm's Taylor set: the relaxation's ranges are the
+    intersection with :func:`ln_preact_bounds`."""
     P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
     lo, hi = P.coord_bounds()
+    if ln is not None:
+        plo, phi = ln_preact_bounds(P, ln[0], lw, ln[1])
+        for j in range(len(lo)):
+            nlo, nhi = _emax([lo[j], plo[j]]), _emin([hi[j], phi[j]])
+            if nlo <= nhi:
+                lo[j], hi[j] = nlo, nhi
     rel = [relax(a, c, act) for a, c in zip(lo, hi, strict=True)]
     H = P.scale([r[0] for r in rel]).shift([r[1] for r in rel])
     out = H.affine(lw["W_out"], lw["|W_out|"], lw["b_out"])
@@ -977,8 +1023,8 @@ class Checker:
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
-        xn = ln_set(src, *lw["ln2"], self.eps)
-        return mid.add(mlp_set(xn, lw, self.act))
+        xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
+        return mid.add(mlp_set(xn, lw, self.act, None if expansion is None else (expansion, self.eps)))
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers

@@ -88,9 +88,10 @@ class Options:
 
     n_refine: int = 8  # always evaluate the exact support for this many worst competitors
     max_refine: int = 32  # at most this many non-positive competitors get exact evaluations per case
+    max_rounds: int = 16  # rounds refining competitors whose cheap bound is below the current minimum
 
     def to_dict(self) -> dict:
-        return {"n_refine": self.n_refine, "max_refine": self.max_refine}
+        return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds}
 
 
 class Engine:
@@ -319,7 +320,6 @@ class Engine:
     def _layer_set(self, layer: int, X: AffineSet, position: int, others: list[PosKV], final: bool,
                    n_anchor: int | None = None):
         """Set of the residual after `layer` at a non-anchor position with input set X."""
-        lw = self.W.layers[layer]
         if X.is_exact():
             qkv = self._qkv_rows(layer, X.center[None, :], X.box[None, :], np.array([position]), which=("Q",))
             q, qbox = qkv["Q"][0][:, 0, :], qkv["Q"][1][:, 0, :]
@@ -327,13 +327,7 @@ class Engine:
             C, B = self._proj_sets(layer, X, position, ("Q",))["Q"]
             q, qbox = C[:, 0, :], B[:, 0, :]
         attn, lams = self._attention(layer, q, qbox, position, others, self.n_fix if n_anchor is None else n_anchor)
-        mid = X.add(attn)
-        if self.cfg.attn_only:
-            out = mid
-        else:
-            src = X if self.cfg.parallel_attn_mlp else mid
-            xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
-            out = mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
+        out = self._finish(layer, X, attn)
         return (out if final else _tidy(out)), lams
 
     # ------------------------------------------------------------------ cases
@@ -379,8 +373,9 @@ class Engine:
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
-        xn = rules.ln_set(src, lw.ln2_w, lw.ln2_b, self.W.eps)
-        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act))
+        xn, expansion = rules.ln_taylor(src, lw.ln2_w, lw.ln2_b, self.W.eps)
+        ln = None if expansion is None else (expansion, lw.ln2_w, lw.ln2_b, self.W.eps)
+        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act, ln))
 
     def margins(self, X: AffineSet, c: int, refine: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
         """Lower bounds of logit[c] - logit[k] for every k (inf at k = c), X the final residual's set
@@ -437,12 +432,22 @@ class Engine:
                 return cheap, []
             ex = np.array(refine, dtype=np.int64)
             return np.maximum(cheap, evaluate(ex)), list(refine)
-        # Refine the n_refine worst competitors and every other non-positive one (at most max_refine).
+        # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
+        # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
+        # when none is left, the minimum equals the one with every competitor refined.
         order = [int(k) for k in np.argsort(cheap, kind="stable") if k != c]
         bad = [k for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
         refine = sorted(set(bad) | set(order[: self.opts.n_refine]))
-        ex = np.array(refine, dtype=np.int64)
-        return np.maximum(cheap, evaluate(ex)), refine
+        best = np.maximum(cheap, evaluate(np.array(refine, dtype=np.int64)))
+        done = set(refine)
+        for _ in range(self.opts.max_rounds):
+            worst = float(best.min())
+            more = [k for k in order if k not in done and cheap[k] <= worst][: 4 * self.opts.max_refine]
+            if not more:
+                break
+            best = np.maximum(best, evaluate(np.array(more, dtype=np.int64)))
+            done.update(more)
+        return best, sorted(done)
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)

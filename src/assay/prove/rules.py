@@ -17,12 +17,13 @@ Derivations are in docs/prove.md; the comments here give the inequality each lin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import erf
 
 from assay.prove.affine import AffineSet, Term, make_pooled, new_id
-from assay.prove.fp import ABS_ERF, REL_EXP, TINY, U, down, exp_bounds, gamma, next_down, next_up, up
+from assay.prove.fp import ABS_ERF, REL_EXP, TINY, U, down, exp_bounds, gamma, next_down, next_up, sum_bounds, up
 
 # Taylor remainder of g(y) = y / sqrt(|y|^2/d + eps): |R| <= (1/2) sup|D^2 g| |h|^2 and
 # sup |D^2 g[h,h]| / |h|^2 = sqrt(4/3) / (sqrt(d) sigma^2) (docs/prove.md; checked on a grid in the tests).
@@ -89,8 +90,77 @@ def expansion_point(Y: AffineSet, lo: np.ndarray, hi: np.ndarray) -> tuple[np.nd
     return best
 
 
+@dataclass
+class LNExpansion:
+    """What :func:`ln_taylor` expanded around: the centred input set Y, the point y*, sigma* = sigma(y*)
+    (float, within 1 + gamma(d + 8) of the exact value), r >= sup |y - y*|_2 over Y, sig_min <= sigma on
+    every segment [y*, y], and the id of the remainder ball's term in the output set."""
+
+    Y: AffineSet
+    ys: np.ndarray
+    sig: float
+    sig_min: float
+    r: float
+    ball_id: int
+
+
+def _mul_bounds(alo, ahi, blo, bhi):
+    """Rigorous (lo, hi) of the product of intervals [alo, ahi] x [blo, bhi], elementwise."""
+    P = np.stack([alo * blo, alo * bhi, ahi * blo, ahi * bhi])  # one correctly rounded op each
+    return next_down(P.min(axis=0)), next_up(P.max(axis=0))
+
+
+def ln_preact_bounds(e: LNExpansion, w: np.ndarray, b: np.ndarray, eps: float, W_in: np.ndarray,
+                     b_in: np.ndarray, lin_lo: np.ndarray, lin_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rigorous (lo, hi) of every pre-activation p_j = LN(x) W_in[:, j] + b_in[j] over the set, from the
+    linear part of the Taylor set alone (``lin_lo``, ``lin_hi``: bounds of that functional over the
+    Taylor set with the remainder ball left out) and a remainder that is second order only in a scalar.
+
+    With a_j = w * W_in[:, j], y the centred x, h = y - y*, sigma* = sigma(y*), c_j = a_j.y* / sigma*,
+    v_j = b.W_in[:, j] + b_in[j] + c_j and l_j(h) = (J*^T a_j).h the linear part (p_j = v_j + l_j + ...):
+
+        p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h) / sigma(y),
+
+    exactly, where R(h) = sigma(y) - sigma* - grad sigma*.h. Because sigma(y) = |(y/sqrt d, sqrt eps)|
+    is convex, 0 <= R(h) <= r^2 / (2 d sig_min) (its Hessian is at most I / (d sigma)). Each factor is
+    bounded by an interval: l_j by the linear part's bounds minus v_j, sigma by :func:`sigma_range`.
+    Unlike the Taylor set's remainder ball this loses nothing along y* (LayerNorm is nearly scale
+    invariant, and the set of a residual under attention to free tokens spreads mostly along y*).
+    """
+    Y, ys, d = e.Y, e.ys, e.Y.d
+    A = w[:, None] * W_in
+    at = ys @ A
+    aterr = up(gamma(d + 1) * (np.abs(ys) @ np.abs(A)), 2)
+    sig_lo, sig_hi = float(down(e.sig, d + 8)), float(up(e.sig, d + 8))
+    n_lo, _ = sum_bounds([at, -aterr])
+    _, n_hi = sum_bounds([at, aterr])
+    c_lo = next_down(np.minimum(n_lo / sig_lo, n_lo / sig_hi))
+    c_hi = next_up(np.maximum(n_hi / sig_lo, n_hi / sig_hi))
+    beta = b @ W_in + b_in
+    betaerr = up(gamma(d + 1) * (np.abs(b) @ np.abs(W_in) + np.abs(b_in)), 2)
+    v_lo, _ = sum_bounds([beta, -betaerr, c_lo])
+    _, v_hi = sum_bounds([beta, betaerr, c_hi])
+    l_lo, _ = sum_bounds([lin_lo, -v_hi])
+    _, l_hi = sum_bounds([lin_hi, -v_lo])
+    s_lo, s_hi = sigma_range(Y, eps)
+    s_lo = max(s_lo, e.sig_min)
+    q_lo, q_hi = float(next_down(sig_lo / s_hi)), float(next_up(sig_hi / s_lo))
+    m_lo, m_hi = _mul_bounds(l_lo, l_hi, np.full_like(l_lo, q_lo), np.full_like(l_hi, q_hi))
+    t = float(up(up(e.r * e.r / (2 * d * e.sig_min), 4) / s_lo, 1))  # R / sigma in [0, t]
+    r_lo, r_hi = _mul_bounds(-c_hi, -c_lo, np.zeros_like(c_lo), np.full_like(c_lo, t))
+    lo, _ = sum_bounds([v_lo, m_lo, r_lo])
+    _, hi = sum_bounds([v_hi, m_hi, r_hi])
+    return lo, hi
+
+
 def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> AffineSet:
-    """A set containing LN(x) for every x in X.
+    """A set containing LN(x) for every x in X (see :func:`ln_taylor`)."""
+    return ln_taylor(X, w, b, eps)[0]
+
+
+def ln_taylor(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None,
+              eps: float) -> tuple[AffineSet, LNExpansion | None]:
+    """A set containing LN(x) for every x in X, and the expansion it used (None without one).
 
     Expansion at y* (midpoint of the bounding box of CX): g(y) = g(y*) + J*(y - y*) + R with
     ``|R|_2 <= 0.6 r^2 / (sqrt(d) sigma_min^2)``, r = sup |y - y*|_2, sigma_min a lower bound of sigma
@@ -99,7 +169,7 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
     sigma_min), or the ball B(sqrt d) that holds every g(y) when that is smaller.
     """
     if w is None:
-        return X
+        return X, None
     d = X.d
     Y = X.center_coords()
     lo, hi = Y.coord_bounds()
@@ -125,6 +195,7 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
         else:
             out = AffineSet.point(g, gerr)
             out.terms.append(Term(new_id(), "ell", np.eye(d) * lip, diag=True))
+        return out.scale(w).shift(b), None
     else:
         ynorm = float(up(np.linalg.norm(ys), d + 4))
         ay = np.abs(ys)
@@ -152,8 +223,9 @@ def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float)
             return up(up(diag + 4 * U * rr, 4) / sig_lo + ay * off / (c2 * sig_lo), 8)
 
         out = Y.shift(-ys)._map(apply, err, box_map).shift(g, gerr)
-        out.terms.append(Term(new_id(), "ell", np.eye(d) * rho, diag=True))
-    return out.scale(w).shift(b)
+        ball = Term(new_id(), "ell", np.eye(d) * rho, diag=True)
+        out.terms.append(ball)
+        return out.scale(w).shift(b), LNExpansion(Y, ys, sig, sig_min, r, ball.id)
 
 
 def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
@@ -223,10 +295,23 @@ def relax_activation(lo: np.ndarray, hi: np.ndarray, act: str) -> tuple[np.ndarr
     return a, b, mu
 
 
-def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str) -> AffineSet:
-    """A set containing act(x W_in + b_in) W_out + b_out for every x in X."""
+def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
+            ln: tuple[LNExpansion, np.ndarray, np.ndarray, float] | None = None) -> AffineSet:
+    """A set containing act(x W_in + b_in) W_out + b_out for every x in X.
+
+    ``ln = (expansion, w, b, eps)``: X is the Taylor set of a LayerNorm (:func:`ln_taylor`); the
+    relaxation then uses the intersection of the set's coordinate bounds with :func:`ln_preact_bounds`
+    (both hold every true pre-activation).
+    """
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
+    if ln is not None:
+        e, w, b, eps = ln
+        llo, lhi = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id]).coord_bounds()
+        llo, lhi = ln_preact_bounds(e, w, b, eps, W_in, b_in, llo, lhi)
+        nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
+        ok = nlo <= nhi  # always, unless a bound is wrong; then keep the set's own range
+        lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
     a, b, mu = relax_activation(lo, hi, act)
     H = P.scale(a).shift(b)
     out = H.affine(W_out, b_out)
