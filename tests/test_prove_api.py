@@ -136,3 +136,28 @@ def test_design_with_an_evaluation_budget_is_reproducible_and_counts_evaluations
         assert e.argmax_tokens == {a.token} and a.margin <= e.min_margin[a.token] + 1e-9
     with pytest.raises(BadInput, match="max_evals"):
         design(m, 10, 2, suffix=[2], max_evals=0)
+
+
+def test_default_refinement_reaches_the_refine_all_minimum():
+    # The default refines competitors until none left has a cheap bound at or below the minimum, so its
+    # least margin must equal the one with every competitor's exact support evaluated. On overwhelm-1l
+    # the first refinements alone miss the binding competitor (the bug this loop fixed).
+    import numpy as np
+
+    from assay.model import load
+    from assay.prove.api import reference_token
+    from assay.prove.engine import Engine, Options
+    from assay.prove.weights import extract
+
+    model = load("overwhelm-1l")
+    W = extract(model)
+    prefix, suffix = [2944] * 256, [321]
+    c = reference_token(model, prefix, suffix)
+    V = model.cfg.d_vocab
+    X, _ = Engine(W, prefix, suffix, np.arange(V), Options()).final_set(2, None)
+    eng = Engine(W, prefix, suffix, np.arange(V), Options())
+    default, _ = eng.margins(X, c)
+    every, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
+    first, _ = Engine(W, prefix, suffix, np.arange(V), Options(max_rounds=0)).margins(X, c)
+    assert default.min() == pytest.approx(every.min(), rel=1e-9, abs=1e-12)  # batch-size rounding only
+    assert first.min() < default.min() - 0.1

@@ -8,6 +8,7 @@ output set gives: each coordinate, and many random linear functionals with exact
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -430,3 +431,104 @@ def test_rotation_against_arb(high_precision):
             assert abs(e1 - arb(float(out[0, pi, i]))).upper() <= arb(float(obox[0, pi, i]))
             assert abs(e2 - arb(float(out[0, pi, i + rd // 2]))).upper() <= arb(float(obox[0, pi, i + rd // 2]))
         assert np.array_equal(out[0, pi, rd:], x[0, pi, rd:])
+
+
+# ------------------------------------------------------------------ LayerNorm -> MLP pre-activations
+def radial_set(rng, d, spread, center=None) -> AffineSet:
+    """A set spread mostly along its own center (what attention to free tokens does to a residual),
+    plus a little in other directions: the case the scalar-remainder bound is for."""
+    c = rng.standard_normal(d) * 0.2 if center is None else center
+    S = AffineSet.point(c, np.abs(rng.standard_normal(d)) * 1e-4)
+    S.terms.append(Term(new_id(), "zono", np.vstack([c * spread, rng.standard_normal((2, d)) * 0.02 * spread])))
+    return S
+
+
+def _preact_case(S, rng, m):
+    d = S.d
+    w, b = rng.standard_normal(d) + 1, rng.standard_normal(d) * 0.2
+    W_in, b_in = rng.standard_normal((d, m)) / math.sqrt(d), rng.standard_normal(m) * 0.3
+    eps = 1e-5
+    xn, e = rules.ln_taylor(S, w, b, eps)
+    P = xn.affine(W_in, b_in)
+    X = points(S, coefficients(S, 600, rng), rng)
+    Y = X - X.mean(axis=1, keepdims=True)
+    true = (Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b) @ W_in + b_in
+    return w, b, W_in, b_in, eps, xn, e, P, true
+
+
+@pytest.mark.parametrize("radial", [True, False])
+def test_ln_preact_bounds_contain_every_sampled_preactivation(radial):
+    rng = np.random.default_rng(21)
+    checked = 0
+    for _ in range(20):
+        d, m = int(rng.integers(4, 24)), int(rng.integers(3, 30))
+        S = radial_set(rng, d, rng.uniform(0.01, 0.3)) if radial else random_set(rng, d, rng.uniform(0.01, 0.5))
+        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
+        if e is None:
+            continue  # the set is too wide for a Taylor expansion: nothing to bound
+        lin = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id])
+        llo, lhi = lin.coord_bounds()
+        lo, hi = rules.ln_preact_bounds(e, w, b, eps, W_in, b_in, llo, lhi)
+        assert np.all(true >= lo - TOL * (1 + np.abs(lo))), f"below by {np.max(lo - true)}"
+        assert np.all(true <= hi + TOL * (1 + np.abs(hi))), f"above by {np.max(true - hi)}"
+        checked += 1
+    assert checked >= 10
+
+
+def test_ln_preact_bounds_beat_the_remainder_ball_on_radial_sets():
+    # Along the center LayerNorm is nearly constant; the Taylor ball does not know it, this bound does.
+    rng = np.random.default_rng(22)
+    ratios = []
+    for _ in range(10):
+        S = radial_set(rng, 32, 0.3)
+        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, 64)
+        lo, hi = P.coord_bounds()
+        lin = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id])
+        nlo, nhi = rules.ln_preact_bounds(e, w, b, eps, W_in, b_in, *lin.coord_bounds())
+        ratios.append(float(np.median((nhi - nlo) / (hi - lo))))
+    assert max(ratios) < 0.7, ratios
+
+
+def test_mlp_set_after_layernorm_contains_samples():
+    rng = np.random.default_rng(23)
+    for radial in (True, False) * 5:
+        d, m = int(rng.integers(4, 16)), int(rng.integers(3, 24))
+        S = radial_set(rng, d, rng.uniform(0.05, 0.3)) if radial else random_set(rng, d, rng.uniform(0.01, 0.3))
+        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
+        W_out, b_out = rng.standard_normal((m, d)), rng.standard_normal(d)
+        out = rules.mlp_set(xn, W_in, b_in, W_out, b_out, "relu", None if e is None else (e, w, b, eps))
+        assert_inside(out, np.maximum(true, 0) @ W_out + b_out, rng, what=f"ln+mlp radial={radial}")
+
+
+def test_checker_ln_preact_bounds_contain_samples():
+    C = importlib.import_module("assay.prove.check")  # the package exports a function of that name
+
+    rng = np.random.default_rng(24)
+    for _ in range(4):
+        d, m = 6, 5
+        c = rng.standard_normal(d) * 0.2
+        Z = np.vstack([c * 0.2, rng.standard_normal((1, d)) * 0.01])
+        S = C.CSet([C._f(x) for x in c], [C.ZERO] * d, [C.CTerm(next(C._ids), "zono", arb_mat(Z.tolist()))])
+        w, b = rng.standard_normal(d) + 1, rng.standard_normal(d) * 0.2
+        W_in, b_in = rng.standard_normal((d, m)) / math.sqrt(d), rng.standard_normal(m) * 0.3
+        eps = 1e-5
+        lw = {"ln2": ([C._f(x) for x in w], [C._f(x) for x in b]), "W_in": arb_mat(W_in.tolist()),
+              "|W_in|": arb_mat(np.abs(W_in).tolist()), "b_in": [C._f(x) for x in b_in]}
+        xn, e = C.ln_taylor(S, *lw["ln2"], C._f(eps))
+        assert e is not None
+        lo, hi = C.ln_preact_bounds(xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"]), e, lw, C._f(eps))
+        E = rng.uniform(-1, 1, (400, 2))
+        E[:100] = np.sign(E[:100])
+        X = c + E @ Z
+        Y = X - X.mean(axis=1, keepdims=True)
+        true = (Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b) @ W_in + b_in
+        for j in range(m):
+            assert float(lo[j].lower()) <= true[:, j].min() + 1e-12
+            assert float(hi[j].upper()) >= true[:, j].max() - 1e-12
+        # and it is the bound the prover uses: the two agree closely
+        P = rules.ln_taylor(AffineSet(c, np.zeros(d), [Term(new_id(), "zono", Z)]), w, b, eps)
+        Pn = P[0].affine(W_in, b_in)
+        lin = AffineSet(Pn.center, Pn.box, [t for t in Pn.terms if t.id != P[1].ball_id])
+        plo, phi = rules.ln_preact_bounds(P[1], w, b, eps, W_in, b_in, *lin.coord_bounds())
+        assert np.allclose(plo, [float(x.mid()) for x in lo], rtol=1e-6, atol=1e-9)
+        assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)

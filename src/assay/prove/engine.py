@@ -21,6 +21,7 @@ need it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -88,7 +89,7 @@ class Options:
 
     n_refine: int = 8  # always evaluate the exact support for this many worst competitors
     max_refine: int = 32  # at most this many non-positive competitors get exact evaluations per case
-    max_rounds: int = 16  # rounds refining competitors whose cheap bound is below the current minimum
+    max_rounds: int | None = None  # rounds refining competitors at or below the minimum (None: until none left)
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds}
@@ -434,16 +435,18 @@ class Engine:
             return np.maximum(cheap, evaluate(ex)), list(refine)
         # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
-        # when none is left, the minimum equals the one with every competitor refined.
+        # when none is left, the minimum equals the one with every competitor refined. A refined
+        # competitor at or below 0 settles the case (unprovable by this bound): refining stops there.
         order = [int(k) for k in np.argsort(cheap, kind="stable") if k != c]
         bad = [k for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
         refine = sorted(set(bad) | set(order[: self.opts.n_refine]))
         best = np.maximum(cheap, evaluate(np.array(refine, dtype=np.int64)))
         done = set(refine)
-        for _ in range(self.opts.max_rounds):
+        # Each round refines at least one new competitor, so the loop ends after at most V rounds.
+        for _ in itertools.count() if self.opts.max_rounds is None else range(self.opts.max_rounds):
             worst = float(best.min())
             more = [k for k in order if k not in done and cheap[k] <= worst][: 4 * self.opts.max_refine]
-            if not more:
+            if not more or float(best[sorted(done)].min()) <= 0.0:
                 break
             best = np.maximum(best, evaluate(np.array(more, dtype=np.int64)))
             done.update(more)
