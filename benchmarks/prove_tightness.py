@@ -264,7 +264,8 @@ def clean_limit(model, prefix, suffix, c, rng, l_max=L_MAX) -> tuple[int, bool, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two prefixes only")
-    ap.add_argument("--budget", type=float, default=30.0, help="design budget per prefix, seconds")
+    ap.add_argument("--evals", type=int, default=60,
+                    help="design budget per prefix, in prover evaluations (reproducible, unlike seconds)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -278,7 +279,7 @@ def main() -> None:
     for n_fix, suffix in plans:
         t0 = time.perf_counter()
         log(f"designing n_fix={n_fix}")
-        d = design(model, n_fix, 2, suffix=suffix, seed=args.seed, budget_seconds=args.budget)
+        d = design(model, n_fix, 2, suffix=suffix, seed=args.seed, max_evals=args.evals)
         prefixes.append((f"design n_fix={n_fix}", d.prefix, suffix, time.perf_counter() - t0))
     if not args.quick:
         b = tok.encode(" congreg").ids[-1]
