@@ -431,8 +431,8 @@ def test_overwhelm_1l_proven_claims_survive_counterexample_search():
     tok = m.tokenizer
     rng = np.random.default_rng(0)
     V = m.cfg.d_vocab
-    claims = [(" congreg", ".", 1024, 4), (" Haman", " unto", 1024, 2), ("yria", " shalt", 512, 2),
-              (" congreg", ".", 256, 2)]
+    claims = [(" congreg", ".", 1024, 4), (" Haman", " unto", 1024, 4), ("yria", " shalt", 1024, 3),
+              (" congreg", ".", 256, 3)]
     n_proven = 0
     for word, q, n_fix, n_free in claims:
         b, s = tok.encode(word).ids[-1], tok.encode(q).ids[-1]

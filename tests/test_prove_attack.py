@@ -91,8 +91,8 @@ def test_overwhelm_1l_proven_claims_survive_gradient_search():
     m = load("overwhelm-1l", dtype=torch.float64)
     tok = m.tokenizer
     ids = {w: tok.encode(w).ids[-1] for w in (" congreg", ".", " Haman", " unto")}
-    claims = [([2944] * 512, [321], 2), ([ids[" congreg"]] * 256, [ids["."]], 2),
-              ([ids[" Haman"]] * 1024, [ids[" unto"]], 2)]
+    claims = [([2944] * 512, [321], 3), ([ids[" congreg"]] * 256, [ids["."]], 3),
+              ([ids[" Haman"]] * 1024, [ids[" unto"]], 4)]
     for prefix, suffix, n_free in claims:
         r = prove(m, prefix, n_free, suffix=suffix)
         assert r.proven, (prefix[0], suffix, n_free)
