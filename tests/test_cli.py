@@ -48,6 +48,27 @@ def test_subcommand_help_has_an_example():
     assert p.returncode == 0 and "example:" in p.stdout and "--n-free" in p.stdout
 
 
+def test_every_command_help_renders_its_text_literally():
+    # argparse %-formats help= but not description=: a "%%" in a command's text must not show as "%%"
+    import argparse
+
+    from assay.cli import build_parser
+
+    def parsers(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield sub
+                    yield from parsers(sub)
+
+    seen = 0
+    for sub in parsers(build_parser()):
+        text = sub.format_help()
+        assert "%%" not in text, sub.prog
+        seen += 1
+    assert seen >= 15
+
+
 def test_info_json_is_one_object(models):
     p = run("info", "tiny", "--json", env_models=models)
     assert p.returncode == 0, p.stderr

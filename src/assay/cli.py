@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = target.add_parser(
             c.name,
             help=c.help,
-            description=c.help,
+            description=c.help.replace("%%", "%"),  # help= is %-formatted by argparse, description is not
             epilog=f"example:\n  {c.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
