@@ -460,6 +460,13 @@ def test_time_to_loss_reads_validation_and_training_batches():
     assert none["reached"] is False and "not reached in 200 steps" in none["note"]
     assert none["lowest_validation"] == {"step": 200, "val_loss": 0.008}
     assert none["lowest_training_batches"] == {"step": 200, "loss": 1.0 / 200}
+    assert t["digit_log_gaps"] == []
+    # a log with steps 60..150 missing (two runs pieced together): the first hit it shows (160) is not
+    # the first hit of training, so it is not reported; a hit before the gap still is
+    gappy = [r for r in log if not 60 <= r["step"] <= 150]
+    g = time_to_loss(history, gappy, 0.01, 0.5)
+    assert g["training_batches"] is None and g["digit_log_gaps"] == [{"after_step": 50, "next_step": 160}]
+    assert time_to_loss(history, gappy, 0.05, 0.5)["training_batches"] == {"step": 20, "wall_seconds": 10.0}
 
 
 def test_resumed_training_keeps_one_record_per_step(tiny_recipe, tmp_path):
@@ -519,9 +526,16 @@ def test_analysis_report_renders_on_a_tiny_model(tmp_path):
     from assay.model import save
 
     save(tiny_addition_model(), model_path)
+    # a per-digit log assembled from two runs: steps 110..190 missing; phases must use steps <= 100 only
+    keys = ["loss"] + [f"loss_A{i}" for i in range(6)] + [f"loss_{c}" for c in ("BA", "UC1", "US9", "cascade")]
+    log = [{"step": st, **{k: 2.0 / st for k in keys}} for st in [*range(10, 101, 10), *range(200, 301, 10)]]
+    (model_path / "train_digit_loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     sizes = dataclasses.replace(report.QUICK, n_random=600, n_ablation=24, n_category=24, n_reference=32,
                                 n_attention=32, n_probe_train=120, n_probe_test=60)
     s = report.analyze(str(model_path), tmp_path / "rep", sizes=sizes, progress=False)
+    ph = json.loads((tmp_path / "rep" / "summary.json").read_text())["phases"]
+    assert "steps up to 100 only" in ph["source"] and "101-199" in ph["source"]
+    assert 0.015 < ph["A0"]["end"] < 0.05  # the loss near step 100 (2/100), not near 300 (2/300)
     text = (tmp_path / "rep" / "report.md").read_text()
     for heading in ("Position ablation", "Attention", "Head ablation", "Probes", "Failures", "Declared algorithm"):
         assert heading in text

@@ -27,6 +27,11 @@ def loss_curves(digit_log: list[dict[str, Any]], history: list[dict[str, Any]], 
     colors = plt.cm.viridis(np.linspace(0, 0.9, n_digits + 1))
     digits = [f"A{n_digits - i}" for i in range(n_digits + 1)]
     if digit_log:
+        # break the lines where steps were not logged (a log assembled from runs)
+        from assay.addition.training import digit_log_gaps
+
+        breaks = {a: {"step": (a + b) / 2} for a, b in digit_log_gaps(digit_log)}
+        digit_log = [x for r in digit_log for x in ([r, breaks[r["step"]]] if r["step"] in breaks else [r])]
         steps = np.array([r["step"] for r in digit_log])
         for d, col in zip(digits, colors, strict=True):
             y = np.array([r.get(f"loss_{d}", np.nan) for r in digit_log])

@@ -21,7 +21,7 @@ import numpy as np
 
 from assay.addition import ablation, attention, failures, figures, probes, rules
 from assay.addition.evaluate import n_digits_of
-from assay.addition.training import DIGIT_LOG, read_digit_log
+from assay.addition.training import DIGIT_LOG, digit_log_gaps, read_digit_log
 from assay.fileutil import atomic_directory, atomic_write_text
 from assay.tasks import addition
 
@@ -304,12 +304,18 @@ def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int =
 
         # Training phases.
         digits = [f"A{n - i}" for i in range(n + 1)]
-        src = digit_log if digit_log else [{"step": r["step"], **{k.removeprefix("val_"): v for k, v in r.items()}}
-                                           for r in history]
+        gaps = digit_log_gaps(digit_log)
+        # with steps missing from the log, first crossings after the gap would be dated late: use the
+        # contiguous start of the log only, and say so
+        src = [r for r in digit_log if not gaps or r["step"] <= gaps[0][0]] if digit_log else [
+            {"step": r["step"], **{k.removeprefix("val_"): v for k, v in r.items()}} for r in history]
         phases = {d: phase_steps(src, f"loss_{d}") for d in digits}
         phases.update({c: phase_steps(src, f"loss_{c}") for c in addition.CATEGORIES})
-        summary["phases"] = {"source": "training batches (train_digit_loss.jsonl)" if digit_log else
-                             "validation history (card.json)", **phases}
+        source = "training batches (train_digit_loss.jsonl)" if digit_log else "validation history (card.json)"
+        if gaps:
+            source += (f", steps up to {gaps[0][0]:,} only: the log has no records for steps "
+                       + ", ".join(f"{a + 1:,}-{b - 1:,}" for a, b in gaps))
+        summary["phases"] = {"source": source, **phases}
         if src:
             figs["curves"] = figures.loss_curves(digit_log, history, n, phases, figdir / "loss_curves.png",
                                                  f"{name}: loss per digit and per category over training").name

@@ -148,18 +148,34 @@ def train_addition(
     return path
 
 
+def digit_log_gaps(digit_log: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Return the (step, next logged step) pairs of a per-digit log farther apart than its stride (the
+    least step difference): the steps in between were not logged, e.g. in a log assembled from runs."""
+    steps = [r["step"] for r in digit_log]
+    diffs = [b - a for a, b in zip(steps, steps[1:], strict=False) if b > a]
+    stride = min(diffs, default=None)
+    return [(a, b) for a, b in zip(steps, steps[1:], strict=False) if stride and b - a > stride]
+
+
 def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float,
                  seconds_per_step: float | None) -> dict[str, Any]:
     """Return when training first reached ``target`` loss: on validation (every eval_every steps) and on the
     training batches (10-step means from the digit log). ``reached`` is False (and ``note`` says so) when
     neither did; ``lowest_validation`` / ``lowest_training_batches`` give how close training came.
 
+    If the digit log has gaps (``digit_log_gaps``: steps not logged, e.g. a log assembled from two runs
+    of the same recipe), a training-batch hit after the first gap is not reported: it would be late.
+
     Wall seconds are estimated as step x the run's mean seconds per step (``card wall_seconds / steps``):
     the ``wall_seconds`` inside the loop's history records count each session's elapsed time twice
     (assay.train adds the elapsed time to a total that already includes it), so they are not used.
     """
     val = next((r for r in history if r.get("val_loss", float("inf")) <= target), None)
+    # A log pieced together from runs (steps missing in between) cannot date a first hit after a gap.
+    gaps = digit_log_gaps(digit_log)
     train_hit = next((r for r in digit_log if r.get("loss", float("inf")) <= target), None)
+    if train_hit is not None and gaps and train_hit["step"] > gaps[0][0]:
+        train_hit = None
 
     def at(step: int) -> dict[str, Any]:
         return {"step": step, "wall_seconds": round(step * seconds_per_step, 1) if seconds_per_step else None}
@@ -177,6 +193,7 @@ def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]],
         "lowest_validation": {"step": best_val["step"], "val_loss": best_val["val_loss"]} if best_val else None,
         "lowest_training_batches": {"step": best_train["step"], "loss": best_train["loss"]} if best_train else None,
         "note": None if reached else f"loss {target} was not reached in {last} steps",
+        "digit_log_gaps": [{"after_step": a, "next_step": b} for a, b in gaps],
         "wall_seconds_estimate": "step x card wall_seconds / steps",
     }
 
