@@ -496,10 +496,17 @@ def test_shipped_model_adds_and_fails_on_cascades():
     card = json.loads((SHIPPED / "card.json").read_text())
     assert card["recipe"] == "addition-1l"
     rng = np.random.default_rng(14)
+    # exact match against Python's integer addition on fresh uniform questions (the card: 99.19%)
+    a, b = rng.integers(0, 10**5, 3000), rng.integers(0, 10**5, 3000)
+    _, pred = evaluate.answer_stats(model, a, b, 5)  # teacher-forced argmax digits, A5 first
+    got = (pred * 10 ** np.arange(5, -1, -1)).sum(axis=1)
+    truth = np.array([int(x) + int(y) for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    assert (got == truth).mean() > 0.98
+    # and what it gets wrong is the cascades (the card: 77%; every other category above 98%)
     sets = report.category_sets(rng, 150, 5)
     acc = {c: evaluate.evaluate(model, *q)["accuracy"] for c, q in sets.items()}
-    assert acc["BA"] > 0.9 and acc["UC1"] > 0.8
-    assert acc["cascade"] < acc["BA"]
+    assert min(acc["BA"], acc["UC1"], acc["US9"]) > 0.95
+    assert acc["cascade"] < 0.95 and acc["cascade"] < min(acc["BA"], acc["UC1"], acc["US9"])
 
 
 def test_ablation_roles_of_planted_head_ablation_rows():
