@@ -94,8 +94,10 @@ def _section(ctx: Any, present: list[str], load: Any, load_card: Any) -> str:
         n = results[name]["n_digits"]
         if log:
             from assay.addition.report import phase_steps
+            from assay.addition.training import logged_prefix
 
-            phases = {f"A{n - i}": phase_steps(log, f"loss_A{n - i}") for i in range(n + 1)}
+            # phases from the contiguous start of the log (a log assembled from runs has a gap)
+            phases = {f"A{n - i}": phase_steps(logged_prefix(log), f"loss_A{n - i}") for i in range(n + 1)}
             p = figures.loss_curves(log, card.get("history", []), n, phases, ctx.fig_dir / f"{name}-curves.png",
                                     f"{name}: training loss per answer digit and per category")
             parts.append(f"<h3>{esc(name)}</h3>")

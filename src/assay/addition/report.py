@@ -21,7 +21,7 @@ import numpy as np
 
 from assay.addition import ablation, attention, failures, figures, probes, rules
 from assay.addition.evaluate import n_digits_of
-from assay.addition.training import DIGIT_LOG, digit_log_gaps, read_digit_log
+from assay.addition.training import DIGIT_LOG, digit_log_gaps, logged_prefix, read_digit_log
 from assay.fileutil import atomic_directory, atomic_write_text
 from assay.tasks import addition
 
@@ -307,7 +307,7 @@ def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int =
         gaps = digit_log_gaps(digit_log)
         # with steps missing from the log, first crossings after the gap would be dated late: use the
         # contiguous start of the log only, and say so
-        src = [r for r in digit_log if not gaps or r["step"] <= gaps[0][0]] if digit_log else [
+        src = logged_prefix(digit_log) if digit_log else [
             {"step": r["step"], **{k.removeprefix("val_"): v for k, v in r.items()}} for r in history]
         phases = {d: phase_steps(src, f"loss_{d}") for d in digits}
         phases.update({c: phase_steps(src, f"loss_{c}") for c in addition.CATEGORIES})

@@ -157,6 +157,13 @@ def digit_log_gaps(digit_log: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(steps, steps[1:], strict=False) if stride and b - a > stride]
 
 
+def logged_prefix(digit_log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the records of a per-digit log up to its first gap (all of them if it has none): the part
+    from which first crossings (phases, time to a loss) can be dated."""
+    gaps = digit_log_gaps(digit_log)
+    return [r for r in digit_log if not gaps or r["step"] <= gaps[0][0]]
+
+
 def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]], target: float,
                  seconds_per_step: float | None) -> dict[str, Any]:
     """Return when training first reached ``target`` loss: on validation (every eval_every steps) and on the
