@@ -630,3 +630,26 @@ def test_digit_error_kinds_of_answerers_with_known_mistakes():
     assert nine["total"] > 0 and nine["by_kind"][kinds[0]] == nine["total"]
     exact = failures.digit_error_kinds(a, b, rules.exact_answer_digits(a, b)[:, ::-1], 5)
     assert exact["total"] == 0
+
+
+def test_loss_curves_break_at_a_log_gap_and_overlay_validation(tmp_path, monkeypatch):
+    from assay.addition import figures
+
+    keys = [f"loss_A{i}" for i in range(6)] + [f"loss_{c}" for c in ("BA", "UC1", "US9", "cascade")]
+    log = [{"step": st, **{k: 1.0 / st for k in keys}} for st in [*range(10, 101, 10), *range(200, 301, 10)]]
+    history = [{"step": st, **{f"val_{k}": 1.0 / (st + 1) for k in keys}} for st in range(0, 301, 50)]
+    plotted = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, y, *a, **k: plotted.append(
+        (np.asarray(x, dtype=float), np.asarray(y, dtype=float), k.get("ls"))) or real(self, x, y, *a, **k))
+    out = figures.loss_curves(log, history, 5, {}, tmp_path / "c.png", "t")
+    assert out.is_file()
+    solid = [p for p in plotted if p[2] is None]
+    dashed = [p for p in plotted if p[2] == "--"]
+    assert len(solid) == 10 and len(dashed) == 10  # 6 digits + 4 categories, training and validation
+    x, y, _ = solid[0]
+    gap = np.nonzero((x > 100) & (x < 200))[0]
+    assert len(gap) == 1 and np.isnan(y[gap[0]])  # the training line is broken inside the gap
+    assert np.array_equal(dashed[0][0], [r["step"] for r in history])

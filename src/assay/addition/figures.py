@@ -22,15 +22,16 @@ def _plt():
 def loss_curves(digit_log: list[dict[str, Any]], history: list[dict[str, Any]], n_digits: int,
                 phases: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     """Per-digit (and per-category) training loss over steps, log scale, with each digit's drop marked."""
+    from assay.addition.training import digit_log_gaps
+
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.cm.viridis(np.linspace(0, 0.9, n_digits + 1))
     digits = [f"A{n_digits - i}" for i in range(n_digits + 1)]
     if digit_log:
         # break the lines where steps were not logged (a log assembled from runs)
-        from assay.addition.training import digit_log_gaps
-
-        breaks = {a: {"step": (a + b) / 2} for a, b in digit_log_gaps(digit_log)}
+        gaps = digit_log_gaps(digit_log)
+        breaks = {a: {"step": (a + b) / 2} for a, b in gaps}
         digit_log = [x for r in digit_log for x in ([r, breaks[r["step"]]] if r["step"] in breaks else [r])]
         steps = np.array([r["step"] for r in digit_log])
         for d, col in zip(digits, colors, strict=True):
@@ -42,8 +43,20 @@ def loss_curves(digit_log: list[dict[str, Any]], history: list[dict[str, Any]], 
         for cat, col in zip(("BA", "UC1", "US9", "cascade"), ("C0", "C1", "C2", "C3"), strict=True):
             y = np.array([r.get(f"loss_{cat}", np.nan) for r in digit_log])
             axes[1].plot(steps, y, color=col, lw=1, label=cat)
-        axes[0].set_title("training loss per answer digit (dotted: steepest drop)", fontsize=9)
-        axes[1].set_title("training loss per question category", fontsize=9)
+        dashed = bool(history and gaps)
+        if dashed:
+            # the validation record is complete: it shows what the training log's gap hides
+            vsteps = np.array([r["step"] for r in history])
+            for d, col in zip(digits, colors, strict=True):
+                axes[0].plot(vsteps, [r.get(f"val_loss_{d}", np.nan) for r in history], color=col, lw=0.8,
+                             ls="--", marker=".", ms=3)
+            for cat, col in zip(("BA", "UC1", "US9", "cascade"), ("C0", "C1", "C2", "C3"), strict=True):
+                axes[1].plot(vsteps, [r.get(f"val_loss_{cat}", np.nan) for r in history], color=col, lw=0.8,
+                             ls="--", marker=".", ms=3)
+        axes[0].set_title("training loss per answer digit (dotted: steepest drop"
+                          + ("; dashed: validation)" if dashed else ")"), fontsize=9)
+        axes[1].set_title("training loss per question category" + (" (dashed: validation)" if dashed else ""),
+                          fontsize=9)
     elif history:
         steps = np.array([r["step"] for r in history])
         for d, col in zip(digits, colors, strict=True):
