@@ -273,3 +273,26 @@ def test_fields_added_after_proving_are_allowed(certs):
     bad.pop("claim")
     with pytest.raises(CertificateError, match="incomplete"):
         check(bad, m)
+
+
+def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeypatch):
+    # affine-lambda/2 (this prover) narrows MLP pre-activations by LayerNorm's linear part; /1 (earlier
+    # versions) did not. A /1 certificate still checks; a /2 certificate relabelled /1 claims more than
+    # /1 can derive and is rejected; an unknown method is rejected.
+    from assay.prove import api, rules
+
+    m = models["rope-relu"]
+    # an old-style certificate: the prover without the LayerNorm pre-activation ranges, labelled /1
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/1")
+    monkeypatch.setattr(rules, "ln_taylor", lambda *a, _f=rules.ln_taylor: (_f(*a)[0], None))
+    old = _proven(m, np.random.default_rng(5), want_suffix=True)
+    monkeypatch.undo()
+    assert old.certificate["method"]["name"] == "affine-lambda/1" and check(old.certificate, m)
+    c = old.certificate
+    new = prove(m, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
+    assert new.certificate["method"]["name"] == "affine-lambda/2" and check(new.certificate, m)
+    assert new.margin > old.margin
+    with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
+        check(_forge(new.certificate, method={**new.certificate["method"], "name": "affine-lambda/1"}), m)
+    with pytest.raises(CertificateError, match="unknown method"):
+        check(_forge(new.certificate, method={**new.certificate["method"], "name": "affine-lambda/9"}), m)

@@ -37,7 +37,9 @@ import numpy as np
 from flint import arb, arb_mat
 
 FORMAT = "assay-overwhelm-certificate/1"
-METHOD = "affine-lambda/1"
+# Method versions this checker re-derives. /2 added the MLP pre-activation ranges from LayerNorm's
+# linear part (ln_preact_bounds); /1 certificates (earlier assay versions) are checked without them.
+METHODS = {"affine-lambda/1": {"ln_preact": False}, "affine-lambda/2": {"ln_preact": True}}
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
 EXACT_REL = 1e-9
@@ -744,9 +746,10 @@ class KV:
 class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
-    def __init__(self, model, prefix, suffix, allowed, options: dict):
+    def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True):
         cfg = model.cfg
         self.cfg = cfg
+        self.ln_preact = ln_preact
         self.h, self.k = cfg.n_heads, cfg.d_head
         self.scale = ONE / arb(cfg.d_head).sqrt()
         self.rope = cfg.positional_embedding_type == "rotary"
@@ -1024,7 +1027,8 @@ class Checker:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
-        return mid.add(mlp_set(xn, lw, self.act, None if expansion is None else (expansion, self.eps)))
+        ln = (expansion, self.eps) if expansion is not None and self.ln_preact else None
+        return mid.add(mlp_set(xn, lw, self.act, ln))
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
@@ -1181,7 +1185,7 @@ def check(certificate: Any, model) -> bool:
     if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < V:
         _fail("token must be a token id")
     method = cert["method"]
-    if not isinstance(method, dict) or method.get("name") != METHOD:
+    if not isinstance(method, dict) or method.get("name") not in METHODS:
         _fail(f"unknown method {method!r}")
     # ---- cases
     cases = cert["cases"]
@@ -1220,7 +1224,7 @@ def check(certificate: Any, model) -> bool:
     if not isinstance(top, (int, float)) or isinstance(top, bool) or top != min(claimed_margins):
         _fail("top-level margin is not the least case margin")
     # ---- recompute every case
-    chk = Checker(model, prefix, suffix, allowed, method.get("options", {}))
+    chk = Checker(model, prefix, suffix, allowed, method.get("options", {}), **METHODS[method["name"]])
     for rec in cases:
         where = f"case L={rec['L']} last={rec['last']}"
         X, lams = chk.final_set(rec["L"], rec["last"])
