@@ -437,20 +437,22 @@ class Engine:
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
         # when none is left, the minimum equals the one with every competitor refined. A refined
         # competitor at or below 0 settles the case (unprovable by this bound): refining stops there.
-        order = [int(k) for k in np.argsort(cheap, kind="stable") if k != c]
-        bad = [k for k in order if cheap[k] <= 0.0][: self.opts.max_refine]
-        refine = sorted(set(bad) | set(order[: self.opts.n_refine]))
-        best = np.maximum(cheap, evaluate(np.array(refine, dtype=np.int64)))
-        done = set(refine)
+        order = np.argsort(cheap, kind="stable")
+        order = order[order != c]
+        refined = np.zeros(len(cheap), dtype=bool)
+        refined[order[cheap[order] <= 0.0][: self.opts.max_refine]] = True
+        refined[order[: self.opts.n_refine]] = True
+        best = np.maximum(cheap, evaluate(np.flatnonzero(refined)))
         # Each round refines at least one new competitor, so the loop ends after at most V rounds.
         for _ in itertools.count() if self.opts.max_rounds is None else range(self.opts.max_rounds):
-            worst = float(best.min())
-            more = [k for k in order if k not in done and cheap[k] <= worst][: 4 * self.opts.max_refine]
-            if not more or float(best[sorted(done)].min()) <= 0.0:
+            if refined.any() and best[refined].min() <= 0.0:
                 break
-            best = np.maximum(best, evaluate(np.array(more, dtype=np.int64)))
-            done.update(more)
-        return best, sorted(done)
+            more = order[~refined[order] & (cheap[order] <= best.min())][: 4 * self.opts.max_refine]
+            if not len(more):
+                break
+            best = np.maximum(best, evaluate(more))
+            refined[more] = True
+        return best, np.flatnonzero(refined).tolist()
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)
