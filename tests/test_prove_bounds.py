@@ -466,9 +466,7 @@ def test_ln_preact_bounds_contain_every_sampled_preactivation(radial):
         w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
         if e is None:
             continue  # the set is too wide for a Taylor expansion: nothing to bound
-        lin = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id])
-        llo, lhi = lin.coord_bounds()
-        lo, hi = rules.ln_preact_bounds(e, w, b, eps, W_in, b_in, llo, lhi)
+        lo, hi = rules.ln_preact_bounds(e, P, W_in, b_in)
         assert np.all(true >= lo - TOL * (1 + np.abs(lo))), f"below by {np.max(lo - true)}"
         assert np.all(true <= hi + TOL * (1 + np.abs(hi))), f"above by {np.max(true - hi)}"
         checked += 1
@@ -483,8 +481,7 @@ def test_ln_preact_bounds_beat_the_remainder_ball_on_radial_sets():
         S = radial_set(rng, 32, 0.3)
         w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, 64)
         lo, hi = P.coord_bounds()
-        lin = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id])
-        nlo, nhi = rules.ln_preact_bounds(e, w, b, eps, W_in, b_in, *lin.coord_bounds())
+        nlo, nhi = rules.ln_preact_bounds(e, P, W_in, b_in)
         ratios.append(float(np.median((nhi - nlo) / (hi - lo))))
     assert max(ratios) < 0.7, ratios
 
@@ -496,7 +493,7 @@ def test_mlp_set_after_layernorm_contains_samples():
         S = radial_set(rng, d, rng.uniform(0.05, 0.3)) if radial else random_set(rng, d, rng.uniform(0.01, 0.3))
         w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
         W_out, b_out = rng.standard_normal((m, d)), rng.standard_normal(d)
-        out = rules.mlp_set(xn, W_in, b_in, W_out, b_out, "relu", None if e is None else (e, w, b, eps))
+        out = rules.mlp_set(xn, W_in, b_in, W_out, b_out, "relu", e)
         assert_inside(out, np.maximum(true, 0) @ W_out + b_out, rng, what=f"ln+mlp radial={radial}")
 
 
@@ -527,8 +524,6 @@ def test_checker_ln_preact_bounds_contain_samples():
             assert float(hi[j].upper()) >= true[:, j].max() - 1e-12
         # and it is the bound the prover uses: the two agree closely
         P = rules.ln_taylor(AffineSet(c, np.zeros(d), [Term(new_id(), "zono", Z)]), w, b, eps)
-        Pn = P[0].affine(W_in, b_in)
-        lin = AffineSet(Pn.center, Pn.box, [t for t in Pn.terms if t.id != P[1].ball_id])
-        plo, phi = rules.ln_preact_bounds(P[1], w, b, eps, W_in, b_in, *lin.coord_bounds())
+        plo, phi = rules.ln_preact_bounds(P[1], P[0].affine(W_in, b_in), W_in, b_in)
         assert np.allclose(plo, [float(x.mid()) for x in lo], rtol=1e-6, atol=1e-9)
         assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)

@@ -375,8 +375,7 @@ class Engine:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = rules.ln_taylor(src, lw.ln2_w, lw.ln2_b, self.W.eps)
-        ln = None if expansion is None else (expansion, lw.ln2_w, lw.ln2_b, self.W.eps)
-        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act, ln))
+        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act, expansion))
 
     def margins(self, X: AffineSet, c: int, refine: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
         """Lower bounds of logit[c] - logit[k] for every k (inf at k = c), X the final residual's set

@@ -94,7 +94,7 @@ def expansion_point(Y: AffineSet, lo: np.ndarray, hi: np.ndarray) -> tuple[np.nd
 class LNExpansion:
     """What :func:`ln_taylor` expanded around: the centred input set Y, the point y*, sigma* = sigma(y*)
     (float, within 1 + gamma(d + 8) of the exact value), r >= sup |y - y*|_2 over Y, sig_min <= sigma on
-    every segment [y*, y], and the id of the remainder ball's term in the output set."""
+    every segment [y*, y], the id of the remainder ball's term in the output set, and the LayerNorm."""
 
     Y: AffineSet
     ys: np.ndarray
@@ -102,6 +102,9 @@ class LNExpansion:
     sig_min: float
     r: float
     ball_id: int
+    w: np.ndarray  # the LayerNorm's weight, bias and eps
+    b: np.ndarray
+    eps: float
 
 
 def _mul_bounds(alo, ahi, blo, bhi):
@@ -110,11 +113,10 @@ def _mul_bounds(alo, ahi, blo, bhi):
     return next_down(P.min(axis=0)), next_up(P.max(axis=0))
 
 
-def ln_preact_bounds(e: LNExpansion, w: np.ndarray, b: np.ndarray, eps: float, W_in: np.ndarray,
-                     b_in: np.ndarray, lin_lo: np.ndarray, lin_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rigorous (lo, hi) of every pre-activation p_j = LN(x) W_in[:, j] + b_in[j] over the set, from the
-    linear part of the Taylor set alone (``lin_lo``, ``lin_hi``: bounds of that functional over the
-    Taylor set with the remainder ball left out) and a remainder that is second order only in a scalar.
+    linear part of the Taylor set alone (P: the Taylor set of :func:`ln_taylor` mapped by W_in, b_in;
+    its remainder ball is left out) and a remainder that is second order only in a scalar.
 
     With a_j = w * W_in[:, j], y the centred x, h = y - y*, sigma* = sigma(y*), c_j = a_j.y* / sigma*,
     v_j = b.W_in[:, j] + b_in[j] + c_j and l_j(h) = (J*^T a_j).h the linear part (p_j = v_j + l_j + ...):
@@ -127,7 +129,8 @@ def ln_preact_bounds(e: LNExpansion, w: np.ndarray, b: np.ndarray, eps: float, W
     Unlike the Taylor set's remainder ball this loses nothing along y* (LayerNorm is nearly scale
     invariant, and the set of a residual under attention to free tokens spreads mostly along y*).
     """
-    Y, ys, d = e.Y, e.ys, e.Y.d
+    Y, ys, d, w, b = e.Y, e.ys, e.Y.d, e.w, e.b
+    lin_lo, lin_hi = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id]).coord_bounds()
     A = w[:, None] * W_in
     at = ys @ A
     aterr = up(gamma(d + 1) * (np.abs(ys) @ np.abs(A)), 2)
@@ -142,7 +145,7 @@ def ln_preact_bounds(e: LNExpansion, w: np.ndarray, b: np.ndarray, eps: float, W
     _, v_hi = sum_bounds([beta, betaerr, c_hi])
     l_lo, _ = sum_bounds([lin_lo, -v_hi])
     _, l_hi = sum_bounds([lin_hi, -v_lo])
-    s_lo, s_hi = sigma_range(Y, eps)
+    s_lo, s_hi = sigma_range(Y, e.eps)
     s_lo = max(s_lo, e.sig_min)
     q_lo, q_hi = float(next_down(sig_lo / s_hi)), float(next_up(sig_hi / s_lo))
     m_lo, m_hi = _mul_bounds(l_lo, l_hi, np.full_like(l_lo, q_lo), np.full_like(l_hi, q_hi))
@@ -225,7 +228,7 @@ def ln_taylor(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None,
         out = Y.shift(-ys)._map(apply, err, box_map).shift(g, gerr)
         ball = Term(new_id(), "ell", np.eye(d) * rho, diag=True)
         out.terms.append(ball)
-        return out.scale(w).shift(b), LNExpansion(Y, ys, sig, sig_min, r, ball.id)
+        return out.scale(w).shift(b), LNExpansion(Y, ys, sig, sig_min, r, ball.id, w, b, eps)
 
 
 def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
@@ -296,19 +299,17 @@ def relax_activation(lo: np.ndarray, hi: np.ndarray, act: str) -> tuple[np.ndarr
 
 
 def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
-            ln: tuple[LNExpansion, np.ndarray, np.ndarray, float] | None = None) -> AffineSet:
+            ln: LNExpansion | None = None) -> AffineSet:
     """A set containing act(x W_in + b_in) W_out + b_out for every x in X.
 
-    ``ln = (expansion, w, b, eps)``: X is the Taylor set of a LayerNorm (:func:`ln_taylor`); the
+    ``ln``: X is the Taylor set of a LayerNorm and ``ln`` its expansion (:func:`ln_taylor`); the
     relaxation then uses the intersection of the set's coordinate bounds with :func:`ln_preact_bounds`
     (both hold every true pre-activation).
     """
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
     if ln is not None:
-        e, w, b, eps = ln
-        llo, lhi = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id]).coord_bounds()
-        llo, lhi = ln_preact_bounds(e, w, b, eps, W_in, b_in, llo, lhi)
+        llo, lhi = ln_preact_bounds(ln, P, W_in, b_in)
         nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
         ok = nlo <= nhi  # always, unless a bound is wrong; then keep the set's own range
         lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
