@@ -513,7 +513,7 @@ def test_checker_ln_preact_bounds_contain_samples():
               "|W_in|": arb_mat(np.abs(W_in).tolist()), "b_in": [C._f(x) for x in b_in]}
         xn, e = C.ln_taylor(S, *lw["ln2"], C._f(eps))
         assert e is not None
-        lo, hi = C.ln_preact_bounds(xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"]), e, lw, C._f(eps))
+        lo, hi = C.ln_preact_bounds(xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"]), e, lw)
         E = rng.uniform(-1, 1, (400, 2))
         E[:100] = np.sign(E[:100])
         X = c + E @ Z

@@ -507,7 +507,7 @@ def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
 
 
 def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb) -> tuple[CSet, tuple | None]:
-    """LN's set and, for a Taylor expansion, (Y, y*, sigma*, sig_min, r, id of the remainder ball)."""
+    """LN's set and, for a Taylor expansion, (Y, y*, sigma*, sig_min, r, id of the remainder ball, eps)."""
     if w is None:
         return X, None
     d = X.d
@@ -539,7 +539,7 @@ def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb) -> tuple[CSet, 
         out = Y.shift([-v for v in ys]).affine(J, absJ).shift(g)
         ball = CTerm(next(_ids), "ell", _diag([rho] * d))
         out.terms.append(ball)
-        return out.scale(w).shift(b), (Y, ys, sig, sig_min, r, ball.id)
+        return out.scale(w).shift(b), (Y, ys, sig, sig_min, r, ball.id, eps)
 
 
 def _interval_mul(alo: arb, ahi: arb, blo: arb, bhi: arb) -> tuple[arb, arb]:
@@ -547,11 +547,11 @@ def _interval_mul(alo: arb, ahi: arb, blo: arb, bhi: arb) -> tuple[arb, arb]:
     return _emin(_lo(p) for p in ps), _emax(_up(p) for p in ps)
 
 
-def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, eps: arb) -> tuple[list, list]:
+def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict) -> tuple[list, list]:
     """Bounds of every pre-activation LN(x) W_in + b_in from the Taylor set's linear part and a scalar
     remainder: p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h)/sigma(y), c_j = (w*W_in[:, j]).y*/sigma*,
     v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md)."""
-    Y, ys, sig, sig_min, r, ball_id = expansion
+    Y, ys, sig, sig_min, r, ball_id, eps = expansion
     w, b = lw["ln2"]
     d = Y.d
     lin = CSet(list(P.center), list(P.box), [t for t in P.terms if t.id != ball_id])
@@ -635,12 +635,12 @@ def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
 
 
 def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None) -> CSet:
-    """``ln = (expansion, eps)`` when X is LayerNorm's Taylor set: the relaxation's ranges are the
-    intersection with :func:`ln_preact_bounds`."""
+    """``ln``: the expansion (:func:`ln_taylor`) when X is LayerNorm's Taylor set; the relaxation's
+    ranges are then the intersection with :func:`ln_preact_bounds`."""
     P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
     lo, hi = P.coord_bounds()
     if ln is not None:
-        plo, phi = ln_preact_bounds(P, ln[0], lw, ln[1])
+        plo, phi = ln_preact_bounds(P, ln, lw)
         for j in range(len(lo)):
             nlo, nhi = _emax([lo[j], plo[j]]), _emin([hi[j], phi[j]])
             if nlo <= nhi:
@@ -1027,8 +1027,7 @@ class Checker:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
-        ln = (expansion, self.eps) if expansion is not None and self.ln_preact else None
-        return mid.add(mlp_set(xn, lw, self.act, ln))
+        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None))
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
