@@ -150,6 +150,12 @@ def spectral_norm_upper(M: np.ndarray, squarings: int = 4) -> float:
     return math.ldexp(float(up(bound ** (1.0 / 2 ** (squarings + 1)), 64)), e)
 
 
+def mul_bounds(alo, ahi, blo, bhi):
+    """Rigorous (lo, hi) of the product of intervals [alo, ahi] x [blo, bhi], elementwise."""
+    P = np.stack([alo * blo, alo * bhi, ahi * blo, ahi * bhi])  # one correctly rounded op each
+    return next_down(P.min(axis=0)), next_up(P.max(axis=0))
+
+
 def sum_bounds(parts_lo: list, parts_hi: list | None = None):
     """Rigorous (lo, hi) of the exact sums of float arrays: lo <= sum(parts_lo), hi >= sum(parts_hi).
 

@@ -23,7 +23,20 @@ import numpy as np
 from scipy.special import erf
 
 from assay.prove.affine import AffineSet, Term, make_pooled, new_id
-from assay.prove.fp import ABS_ERF, REL_EXP, TINY, U, down, exp_bounds, gamma, next_down, next_up, sum_bounds, up
+from assay.prove.fp import (
+    ABS_ERF,
+    REL_EXP,
+    TINY,
+    U,
+    down,
+    exp_bounds,
+    gamma,
+    mul_bounds,
+    next_down,
+    next_up,
+    sum_bounds,
+    up,
+)
 
 # Taylor remainder of g(y) = y / sqrt(|y|^2/d + eps): |R| <= (1/2) sup|D^2 g| |h|^2 and
 # sup |D^2 g[h,h]| / |h|^2 = sqrt(4/3) / (sqrt(d) sigma^2) (docs/prove.md; checked on a grid in the tests).
@@ -107,12 +120,6 @@ class LNExpansion:
     eps: float
 
 
-def _mul_bounds(alo, ahi, blo, bhi):
-    """Rigorous (lo, hi) of the product of intervals [alo, ahi] x [blo, bhi], elementwise."""
-    P = np.stack([alo * blo, alo * bhi, ahi * blo, ahi * bhi])  # one correctly rounded op each
-    return next_down(P.min(axis=0)), next_up(P.max(axis=0))
-
-
 def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rigorous (lo, hi) of every pre-activation p_j = LN(x) W_in[:, j] + b_in[j] over the set, from the
     linear part of the Taylor set alone (P: the Taylor set of :func:`ln_taylor` mapped by W_in, b_in;
@@ -148,9 +155,9 @@ def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.nd
     s_lo, s_hi = sigma_range(Y, e.eps)
     s_lo = max(s_lo, e.sig_min)
     q_lo, q_hi = float(next_down(sig_lo / s_hi)), float(next_up(sig_hi / s_lo))
-    m_lo, m_hi = _mul_bounds(l_lo, l_hi, np.full_like(l_lo, q_lo), np.full_like(l_hi, q_hi))
+    m_lo, m_hi = mul_bounds(l_lo, l_hi, np.full_like(l_lo, q_lo), np.full_like(l_hi, q_hi))
     t = float(up(up(e.r * e.r / (2 * d * e.sig_min), 4) / s_lo, 1))  # R / sigma in [0, t]
-    r_lo, r_hi = _mul_bounds(-c_hi, -c_lo, np.zeros_like(c_lo), np.full_like(c_lo, t))
+    r_lo, r_hi = mul_bounds(-c_hi, -c_lo, np.zeros_like(c_lo), np.full_like(c_lo, t))
     lo, _ = sum_bounds([v_lo, m_lo, r_lo])
     _, hi = sum_bounds([v_hi, m_hi, r_hi])
     return lo, hi
