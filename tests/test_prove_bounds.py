@@ -159,6 +159,18 @@ def test_sum_bounds_contain_exact_sum(high_precision):
         assert arb(float(lo[j])) <= exact.lower() and arb(float(hi[j])) >= exact.upper()
 
 
+def test_mul_bounds_contain_every_exact_product():
+    from fractions import Fraction
+
+    rng = np.random.default_rng(4)
+    a, b = np.sort(rng.standard_normal((2, 200)), axis=0), np.sort(rng.standard_normal((2, 200)) * 1e3, axis=0)
+    lo, hi = fp.mul_bounds(a[0], a[1], b[0], b[1])
+    for j in range(200):
+        prods = [Fraction(float(x)) * Fraction(float(y)) for x in a[:, j] for y in b[:, j]]  # extremes at corners
+        assert Fraction(float(lo[j])) <= min(prods) and Fraction(float(hi[j])) >= max(prods)
+        assert float(hi[j]) - float(lo[j]) <= float(max(prods) - min(prods)) * (1 + 1e-12) + 1e-300
+
+
 def test_layernorm_taylor_constant_on_a_grid():
     """sup |D^2 g[h,h]| sqrt(d) sigma^2 / |h|^2 = sqrt(F) with F(x, b) = b(1+2x-3xb)^2 + 4x(1-x)b on
     [0,1]^2 (x = cos^2 of the angle of h to y, b = |y|^2/(d sigma^2)). A grid plus a Lipschitz margin
