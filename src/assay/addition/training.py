@@ -180,9 +180,7 @@ def time_to_loss(history: list[dict[str, Any]], digit_log: list[dict[str, Any]],
     val = next((r for r in history if r.get("val_loss", float("inf")) <= target), None)
     # A log pieced together from runs (steps missing in between) cannot date a first hit after a gap.
     gaps = digit_log_gaps(digit_log)
-    train_hit = next((r for r in digit_log if r.get("loss", float("inf")) <= target), None)
-    if train_hit is not None and gaps and train_hit["step"] > gaps[0][0]:
-        train_hit = None
+    train_hit = next((r for r in logged_prefix(digit_log) if r.get("loss", float("inf")) <= target), None)
 
     def at(step: int) -> dict[str, Any]:
         return {"step": step, "wall_seconds": round(step * seconds_per_step, 1) if seconds_per_step else None}
