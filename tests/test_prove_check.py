@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -276,23 +277,33 @@ def test_fields_added_after_proving_are_allowed(certs):
 
 
 def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeypatch):
-    # affine-lambda/2 (this prover) narrows MLP pre-activations by LayerNorm's linear part; /1 (earlier
-    # versions) did not. A /1 certificate still checks; a /2 certificate relabelled /1 claims more than
-    # /1 can derive and is rejected; an unknown method is rejected.
+    # /1 (earlier versions): no LayerNorm pre-activation ranges; /2 added them; /3 (this prover) adds the
+    # pre-activation set and the inner-product norm bound. Certificates of every version still check;
+    # a certificate relabelled with an earlier version claims more than that version derives and is
+    # rejected; an unknown method is rejected.
     from assay.prove import api, rules
 
     m = models["rope-relu"]
-    # an old-style certificate: the prover without the LayerNorm pre-activation ranges, labelled /1
+    # an old-style /1 certificate: the prover without any of the LayerNorm pre-activation refinements
     monkeypatch.setattr(api, "METHOD", "affine-lambda/1")
     monkeypatch.setattr(rules, "ln_taylor", lambda *a, _f=rules.ln_taylor: (_f(*a)[0], None))
+    monkeypatch.setattr(rules, "norm_upper_bound", lambda Y, p: math.inf)
     old = _proven(m, np.random.default_rng(5), want_suffix=True)
     monkeypatch.undo()
     assert old.certificate["method"]["name"] == "affine-lambda/1" and check(old.certificate, m)
     c = old.certificate
+    # a /2 certificate: ranges from the linear part, but the Taylor set (with its ball) as the MLP input
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/2")
+    monkeypatch.setattr(rules, "ln_preact_set", lambda e, P, *a: P)
+    monkeypatch.setattr(rules, "norm_upper_bound", lambda Y, p: math.inf)
+    mid = prove(m, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
+    monkeypatch.undo()
+    assert mid.certificate["method"]["name"] == "affine-lambda/2" and check(mid.certificate, m)
     new = prove(m, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
-    assert new.certificate["method"]["name"] == "affine-lambda/2" and check(new.certificate, m)
-    assert new.margin > old.margin
-    with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
-        check(_forge(new.certificate, method={**new.certificate["method"], "name": "affine-lambda/1"}), m)
+    assert new.certificate["method"]["name"] == "affine-lambda/3" and check(new.certificate, m)
+    assert new.margin > mid.margin > old.margin
+    for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate)):
+        with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
+            check(_forge(cert, method={**cert["method"], "name": label}), m)
     with pytest.raises(CertificateError, match="unknown method"):
         check(_forge(new.certificate, method={**new.certificate["method"], "name": "affine-lambda/9"}), m)

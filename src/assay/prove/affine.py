@@ -71,6 +71,7 @@ class Term:
     vhi: np.ndarray | None = None  # per-coordinate upper bound of the coefficient
     pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total)
     diag: bool = False  # M is square and diagonal (kept by elementwise scaling only)
+    signed: bool = False  # block / pooled: the coefficients are s * c for c in the set and |s| <= 1
     _l2: float | None = None  # cached l2_sup (M never changes in place)
     _dev: tuple | None = None  # cached coord_dev
 
@@ -95,8 +96,14 @@ class Term:
     def extremes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rigorous (min, max) over the coefficients of sum_g coef_g X[g, :], X exact floats (N x K)."""
         if self.kind == "block":
-            return X.min(axis=0), X.max(axis=0)
-        return -pooled_max(-X, *self.pool), pooled_max(X, *self.pool)
+            lo, hi = X.min(axis=0), X.max(axis=0)
+        else:
+            lo, hi = -pooled_max(-X, *self.pool), pooled_max(X, *self.pool)
+        if self.signed:
+            # {s c : |s| <= 1}: the support is the larger of the set's and its reflection's (0 is inside).
+            m = np.maximum(np.maximum(hi, -lo), 0.0)
+            return -m, m
+        return lo, hi
 
     def l2_sup(self) -> float:
         """Upper bound of |coef @ M|_2 over the term's coefficients."""
@@ -153,6 +160,29 @@ class Term:
             return -s, s
         s = col_norms(M)
         return -s, s
+
+
+def signed_copy(t: Term, factor: float) -> tuple[Term, np.ndarray]:
+    """A fresh term holding s * factor * (coef @ M) for every coefficient of ``t`` and every |s| <= 1,
+    and the per-coordinate box that absorbs the rounding of fl(factor * M) (to be added to the set's box).
+
+    Zonotopes and ellipsoids are symmetric already; blocks and pooled terms get ``signed`` (their set
+    and 0 added: the hull of the set, its reflection and 0).
+    """
+    M = t.M * factor
+    merr = up(U * np.abs(M))
+    if t.kind in ("zono", "ell"):
+        return Term(new_id(), t.kind, M), t.col_error(merr)
+    box = t.col_error(merr)
+    m = np.maximum(np.abs(t.vlo), np.abs(t.vhi))
+    new = Term(new_id(), t.kind, M, V=t.V, vnorm=t.vnorm, vlo=-m, vhi=m, pool=t.pool, signed=True)
+    if t._dev is not None:
+        # coef @ fl(f M) = f (coef @ M) + coef @ (fl(f M) - f M): the first from t's own bounds.
+        dlo, dhi = t._dev
+        dm = np.maximum(np.maximum(np.abs(dlo), np.abs(dhi)) * factor, 0.0)
+        dev = up(dm * (1 + 2 * U) + box, 2)
+        new._dev = (-dev, dev)
+    return new, box
 
 
 def make_block(V: np.ndarray, M: np.ndarray) -> Term:

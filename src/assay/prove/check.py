@@ -37,9 +37,14 @@ import numpy as np
 from flint import arb, arb_mat
 
 FORMAT = "assay-overwhelm-certificate/1"
-# Method versions this checker re-derives. /2 added the MLP pre-activation ranges from LayerNorm's
-# linear part (ln_preact_bounds); /1 certificates (earlier assay versions) are checked without them.
-METHODS = {"affine-lambda/1": {"ln_preact": False}, "affine-lambda/2": {"ln_preact": True}}
+# Method versions this checker re-derives (certificates of earlier assay versions still check):
+# /2 added the MLP pre-activation ranges from LayerNorm's linear part (ln_preact_bounds); /3 the
+# pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range.
+METHODS = {
+    "affine-lambda/1": {"ln_preact": False, "preact_set": False},
+    "affine-lambda/2": {"ln_preact": True, "preact_set": False},
+    "affine-lambda/3": {"ln_preact": True, "preact_set": True},
+}
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
 EXACT_REL = 1e-9
@@ -214,17 +219,23 @@ class CTerm:
     pool: tuple | None = None  # (scale, starts, mult, total)
     _l2: arb | None = None
     _dev: tuple | None = None
+    signed: bool = False  # block / pooled: coefficients s * coef, |s| <= 1
 
     def with_M(self, M: arb_mat) -> CTerm:
-        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi, self.pool)
+        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi, self.pool, signed=self.signed)
 
     def extremes(self, X: list[list]) -> tuple[list, list]:
         """(min, max) per column of sum_g coef_g X[g] over the term's coefficients (exact arbs)."""
         K = len(X[0])
         if self.kind == "block":
-            return [_emin(_lo(r[j]) for r in X) for j in range(K)], [_emax(_up(r[j]) for r in X) for j in range(K)]
-        hi = pooled_max(X, self.pool)
-        lo = [-x for x in pooled_max([[-v for v in r] for r in X], self.pool)]
+            lo = [_emin(_lo(r[j]) for r in X) for j in range(K)]
+            hi = [_emax(_up(r[j]) for r in X) for j in range(K)]
+        else:
+            hi = pooled_max(X, self.pool)
+            lo = [-x for x in pooled_max([[-v for v in r] for r in X], self.pool)]
+        if self.signed:
+            m = [_emax([h, -low, ZERO]) for low, h in zip(lo, hi, strict=True)]
+            return [-x for x in m], m
         return lo, hi
 
     def l2_sup(self) -> arb:
@@ -309,6 +320,18 @@ class CTerm:
         else:
             s = _col_norms_up(B)
         return [-x for x in s], s
+
+
+def signed_copy(t: CTerm, k: arb) -> CTerm:
+    """A fresh term holding s k (coef @ M) for every coefficient of t and |s| <= 1."""
+    if t.kind in ("zono", "ell"):
+        return CTerm(next(_ids), t.kind, t.M * k)
+    m = [_emax([abs(a), abs(b)]) for a, b in zip(t.vlo, t.vhi, strict=True)]
+    new = CTerm(next(_ids), t.kind, t.M * k, t.V, t.vnorm, [-x for x in m], m, t.pool, signed=True)
+    if t._dev is not None:
+        dev = [_up(k * _emax([abs(a), abs(b)])) for a, b in zip(*t._dev, strict=True)]
+        new._dev = ([-x for x in dev], dev)
+    return new
 
 
 def make_block(V: arb_mat, M: arb_mat) -> CTerm:
@@ -547,23 +570,32 @@ def _interval_mul(alo: arb, ahi: arb, blo: arb, bhi: arb) -> tuple[arb, arb]:
     return _emin(_lo(p) for p in ps), _emax(_up(p) for p in ps)
 
 
-def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict) -> tuple[list, list]:
-    """Bounds of every pre-activation LN(x) W_in + b_in from the Taylor set's linear part and a scalar
-    remainder: p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h)/sigma(y), c_j = (w*W_in[:, j]).y*/sigma*,
-    v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md)."""
+def _preact_factors(expansion: tuple, lw: dict, norm_ub: bool):
+    """(v, c, q_lo, q_hi, t) of p_j = v_j + l_j(h) q - c_j rho, q = sigma*/sigma in [q_lo, q_hi], rho in [0, t]."""
     Y, ys, sig, sig_min, r, ball_id, eps = expansion
     w, b = lw["ln2"]
     d = Y.d
-    lin = CSet(list(P.center), list(P.box), [t for t in P.terms if t.id != ball_id])
-    llo, lhi = lin.coord_bounds()
     W = lw["W_in"]
     wys = _row([wi * yi for wi, yi in zip(w, ys, strict=True)])
     c = [x / sig for x in _vec(wys * W)]
     v = [x + y + z for x, y, z in zip(_vec(_row(b) * W), lw["b_in"], c, strict=True)]
-    s_lo, s_hi = sigma_range(Y, eps)
+    s_lo, s_hi = sigma_range(Y, eps, norm_ub)
     s_lo = _emax([s_lo, sig_min])
     q_lo, q_hi = _lo(sig / s_hi), _up(sig / s_lo)
     t = _up(r * r / (2 * d * sig_min) / s_lo)
+    return v, c, q_lo, q_hi, t
+
+
+def _linear_part(P: CSet, expansion: tuple) -> CSet:
+    return CSet(list(P.center), list(P.box), [t for t in P.terms if t.id != expansion[5]])
+
+
+def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, norm_ub: bool = False) -> tuple[list, list]:
+    """Bounds of every pre-activation LN(x) W_in + b_in from the Taylor set's linear part and a scalar
+    remainder: p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h)/sigma(y), c_j = (w*W_in[:, j]).y*/sigma*,
+    v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md)."""
+    llo, lhi = _linear_part(P, expansion).coord_bounds()
+    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, norm_ub)
     lo, hi = [], []
     for j in range(len(v)):
         m_lo, m_hi = _interval_mul(_lo(llo[j] - v[j]), _up(lhi[j] - v[j]), q_lo, q_hi)
@@ -573,13 +605,45 @@ def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict) -> tuple[list, list]:
     return lo, hi
 
 
-def sigma_range(Y: CSet, eps: arb) -> tuple[arb, arb]:
+def ln_preact_set(P: CSet, expansion: tuple, lw: dict) -> CSet:
+    """A set holding every pre-activation vector: with z = v + l(h) in the linear part and q = s0 + delta,
+    p = s0 z + (1 - s0) v + delta (z - v) - rho c (docs/prove.md): the linear part scaled by s0 (same
+    term ids), a signed copy of its terms scaled by k >= |delta|, k |z_c - v| + k box in the box, and
+    -rho c as the center -(t/2) c and one zonotope generator (t/2) c."""
+    lin = _linear_part(P, expansion)
+    lin.coord_bounds()  # caches the terms' deviations for signed_copy
+    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, True)
+    s0 = _f(0.5 * (_mid(q_lo) + _mid(q_hi)))
+    k = _up(_emax([_up(q_hi - s0), _up(s0 - q_lo)]))
+    half = _up(t) / 2
+    base = lin.scale([s0] * len(v))
+    center = [x + (ONE - s0) * vj - half * cj for x, vj, cj in zip(base.center, v, c, strict=True)]
+    box = [_up(bb + k * (_up(abs(zc - vj)) + lb))
+           for bb, zc, vj, lb in zip(base.box, lin.center, v, lin.box, strict=True)]
+    terms = list(base.terms) + [signed_copy(tm, k) for tm in lin.terms]
+    terms.append(CTerm(next(_ids), "zono", arb_mat([[half * cj for cj in c]])))
+    return CSet(center, box, terms)
+
+
+def norm_upper_bound(Y: CSet, p: list) -> arb:
+    """sup |y| over Y from |y|^2 = 2 y.p - |p|^2 + |y - p|^2 (p exact)."""
+    neg = arb_mat([[-x] for x in p])
+    s_hi = -Y.functional_lower(neg, _absmat(neg), exact=[0])[0]
+    rr = Y.l2_radius(p)
+    return _sqrt_up(2 * _emax([s_hi, ZERO]) + rr * rr - sum((x * x for x in p), ZERO))
+
+
+def sigma_range(Y: CSet, eps: arb, norm_ub: bool = False) -> tuple[arb, arb]:
+    """``norm_ub`` (method /3): also the inner-product norm bound about the box midpoint and the center."""
     d = Y.d
     lo, hi = Y.coord_bounds()
     ys = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
     nlb = norm_lower_bound(Y, lo, hi, ys)
     big = [_emax([abs(a), abs(c)]) for a, c in zip(lo, hi, strict=True)]
-    nub = _emin([_norm_up(big), _up(_norm_up(ys) + Y.l2_radius(ys))])
+    ubs = [_norm_up(big), _up(_norm_up(ys) + Y.l2_radius(ys))]
+    if norm_ub:
+        ubs += [norm_upper_bound(Y, ys), norm_upper_bound(Y, [_f(_mid(x)) for x in Y.center])]
+    nub = _emin(ubs)
     return _lo((nlb * nlb / d + eps).sqrt()), _up((nub * nub / d + eps).sqrt())
 
 
@@ -634,17 +698,22 @@ def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
     return a, bb, mu
 
 
-def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None) -> CSet:
+def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bool = False) -> CSet:
     """``ln``: the expansion (:func:`ln_taylor`) when X is LayerNorm's Taylor set; the relaxation's
-    ranges are then the intersection with :func:`ln_preact_bounds`."""
+    ranges are then the intersection with :func:`ln_preact_bounds`. ``preact_set`` (method /3): the
+    linear part is :func:`ln_preact_set` (its ranges intersected too) instead of the Taylor set."""
     P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
     lo, hi = P.coord_bounds()
     if ln is not None:
-        plo, phi = ln_preact_bounds(P, ln, lw)
-        for j in range(len(lo)):
-            nlo, nhi = _emax([lo[j], plo[j]]), _emin([hi[j], phi[j]])
-            if nlo <= nhi:
-                lo[j], hi[j] = nlo, nhi
+        ranges = [ln_preact_bounds(P, ln, lw, norm_ub=preact_set)]
+        if preact_set:
+            P = ln_preact_set(P, ln, lw)
+            ranges.append(P.coord_bounds())
+        for plo, phi in ranges:
+            for j in range(len(lo)):
+                nlo, nhi = _emax([lo[j], plo[j]]), _emin([hi[j], phi[j]])
+                if nlo <= nhi:
+                    lo[j], hi[j] = nlo, nhi
     rel = [relax(a, c, act) for a, c in zip(lo, hi, strict=True)]
     H = P.scale([r[0] for r in rel]).shift([r[1] for r in rel])
     out = H.affine(lw["W_out"], lw["|W_out|"], lw["b_out"])
@@ -746,10 +815,12 @@ class KV:
 class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
-    def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True):
+    def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
+                 preact_set: bool = True):
         cfg = model.cfg
         self.cfg = cfg
         self.ln_preact = ln_preact
+        self.preact_set = preact_set
         self.h, self.k = cfg.n_heads, cfg.d_head
         self.scale = ONE / arb(cfg.d_head).sqrt()
         self.rope = cfg.positional_embedding_type == "rotary"
@@ -1027,7 +1098,7 @@ class Checker:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
-        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None))
+        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None, self.preact_set))
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
@@ -1069,7 +1140,7 @@ class Checker:
             w, b = self.lnf
             Z = ln_set(X, w, b, self.eps)
             Y = X.center_coords()
-            s_lo, s_hi = sigma_range(Y, self.eps)
+            s_lo, s_hi = sigma_range(Y, self.eps, self.preact_set)
             Aw = arb_mat([[w[i] * A[i, k] for k in range(A.ncols())] for i in range(A.nrows())])
             bb = _vec(_row(b) * A)
             paths = [(Z, A, bd, None), (Y, Aw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]

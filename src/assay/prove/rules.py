@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
-from assay.prove.affine import AffineSet, Term, make_pooled, new_id
+from assay.prove.affine import AffineSet, Term, make_pooled, new_id, signed_copy
 from assay.prove.fp import (
     ABS_ERF,
     REL_EXP,
@@ -92,6 +92,17 @@ def norm_lower_bound(Y: AffineSet, lo: np.ndarray, hi: np.ndarray, ys: np.ndarra
     return max(box_lb, dir_lb)
 
 
+def norm_upper_bound(Y: AffineSet, p: np.ndarray) -> float:
+    """An upper bound of |y|_2 over Y from |y|^2 = 2 y.p - |p|^2 + |y - p|^2 <= 2 sup(y.p) - |p|^2 + R^2,
+    R = sup |y - p| (the l2 radius about p). Much tighter than |p| + R when the set spreads mostly
+    across p (sup y.p - |p|^2 is then far below |p| R)."""
+    d = Y.d
+    _, s_hi = Y.functional_bounds(p[:, None], exact=np.array([0]))
+    rr = Y.l2_radius(p)
+    ub2 = float(up(2.0 * max(float(s_hi[0]), 0.0) + rr * rr, 4)) - float(down(float(p @ p), d + 2))
+    return float(up(math.sqrt(max(ub2, 0.0)), 2))
+
+
 def expansion_point(Y: AffineSet, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
     """The better of the box midpoint and the set's center as Taylor point, with r >= sup |y - point|."""
     best = None
@@ -136,8 +147,39 @@ def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.nd
     Unlike the Taylor set's remainder ball this loses nothing along y* (LayerNorm is nearly scale
     invariant, and the set of a residual under attention to free tokens spreads mostly along y*).
     """
+    lin = _linear_part(e, P)
+    lin_lo, lin_hi = lin.coord_bounds()
+    f = _preact_factors(e, W_in, b_in)
+    l_lo, _ = sum_bounds([lin_lo, -f.v_hi])
+    _, l_hi = sum_bounds([lin_hi, -f.v_lo])
+    m_lo, m_hi = mul_bounds(l_lo, l_hi, np.full_like(l_lo, f.q_lo), np.full_like(l_hi, f.q_hi))
+    r_lo, r_hi = mul_bounds(-f.c_hi, -f.c_lo, np.zeros_like(f.c_lo), np.full_like(f.c_lo, f.t))
+    lo, _ = sum_bounds([f.v_lo, m_lo, r_lo])
+    _, hi = sum_bounds([f.v_hi, m_hi, r_hi])
+    return lo, hi
+
+
+def _linear_part(e: LNExpansion, P: AffineSet) -> AffineSet:
+    """P without the Taylor remainder ball: it holds v + l(h) for every y (notation of ln_preact_bounds)."""
+    return AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id])
+
+
+@dataclass
+class PreactFactors:
+    """Interval factors of p = v + l(h) q - c rho (:func:`ln_preact_bounds`): v in [v_lo, v_hi],
+    c in [c_lo, c_hi] (vectors over neurons), q = sigma*/sigma(y) in [q_lo, q_hi], rho = R/sigma(y) in [0, t]."""
+
+    v_lo: np.ndarray
+    v_hi: np.ndarray
+    c_lo: np.ndarray
+    c_hi: np.ndarray
+    q_lo: float
+    q_hi: float
+    t: float
+
+
+def _preact_factors(e: LNExpansion, W_in: np.ndarray, b_in: np.ndarray) -> PreactFactors:
     Y, ys, d, w, b = e.Y, e.ys, e.Y.d, e.w, e.b
-    lin_lo, lin_hi = AffineSet(P.center, P.box, [t for t in P.terms if t.id != e.ball_id]).coord_bounds()
     A = w[:, None] * W_in
     at = ys @ A
     aterr = up(gamma(d + 1) * (np.abs(ys) @ np.abs(A)), 2)
@@ -150,17 +192,66 @@ def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.nd
     betaerr = up(gamma(d + 1) * (np.abs(b) @ np.abs(W_in) + np.abs(b_in)), 2)
     v_lo, _ = sum_bounds([beta, -betaerr, c_lo])
     _, v_hi = sum_bounds([beta, betaerr, c_hi])
-    l_lo, _ = sum_bounds([lin_lo, -v_hi])
-    _, l_hi = sum_bounds([lin_hi, -v_lo])
     s_lo, s_hi = sigma_range(Y, e.eps)
     s_lo = max(s_lo, e.sig_min)
     q_lo, q_hi = float(next_down(sig_lo / s_hi)), float(next_up(sig_hi / s_lo))
-    m_lo, m_hi = mul_bounds(l_lo, l_hi, np.full_like(l_lo, q_lo), np.full_like(l_hi, q_hi))
     t = float(up(up(e.r * e.r / (2 * d * e.sig_min), 4) / s_lo, 1))  # R / sigma in [0, t]
-    r_lo, r_hi = mul_bounds(-c_hi, -c_lo, np.zeros_like(c_lo), np.full_like(c_lo, t))
-    lo, _ = sum_bounds([v_lo, m_lo, r_lo])
-    _, hi = sum_bounds([v_hi, m_hi, r_hi])
-    return lo, hi
+    return PreactFactors(v_lo, v_hi, c_lo, c_hi, q_lo, q_hi, t)
+
+
+def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray) -> AffineSet:
+    """A set containing every pre-activation vector p = LN(x) W_in + b_in over the set, built from the
+    same identity as :func:`ln_preact_bounds` but as a set, so that the neurons stay correlated:
+
+        p = v + q l(h) - rho c,   q = sigma*/sigma(y) in [q_lo, q_hi],  rho = R/sigma(y) in [0, t],
+
+    with q and rho *scalars shared by every neuron*. Let z = v + l(h), a point of the linear part
+    (P without its remainder ball: z = z_c + sum_terms coef M + e, |e| <= box), and q = s0 + delta with
+    s0 the midpoint and |delta| <= k. Then
+
+        p = s0 (z - z_c) + [s0 z_c + (1 - s0) v] + delta (z - v) - rho c
+          = s0 (sum coef M + e) + ... + delta (sum coef M) + delta (z_c - v + e) - rho c,
+
+    where the first sum keeps the linear part's term ids (the same coefficients as the residual stream),
+    delta * (sum coef M) is a fresh copy of every term scaled by k with its coefficient set reflected
+    through 0 (:func:`signed_copy`; delta is one scalar for all terms, so independent copies only
+    loosen), and -rho c is one zonotope generator (t/2) c_mid around -(t/2) c_mid plus t |c - c_mid| in
+    the box. The remainder ball of the Taylor set, which projects onto every neuron, is not used: what
+    is left of the second order is the rank-one rho c and the relative spread k of sigma.
+    """
+    lin = _linear_part(e, P)
+    lin.coord_bounds()  # caches the terms' coordinate deviations, which signed_copy reuses
+    f = _preact_factors(e, W_in, b_in)
+    s0 = 0.5 * (f.q_lo + f.q_hi)
+    k = float(up(max(f.q_hi - s0, s0 - f.q_lo), 1))
+    v_mid = 0.5 * (f.v_lo + f.v_hi)
+    v_rad = up(np.maximum(f.v_hi - v_mid, v_mid - f.v_lo), 1)
+    # z_c - v over the interval of v, and (1 - s0) (v - v_mid)
+    zv = up(np.maximum(np.abs(lin.center - f.v_lo), np.abs(f.v_hi - lin.center)), 1)
+    c_mid = 0.5 * (f.c_lo + f.c_hi)
+    c_rad = up(np.maximum(f.c_hi - c_mid, c_mid - f.c_lo), 1)
+    half_t = 0.5 * f.t  # exact (a power-of-two scaling; TINY below covers underflow)
+    one_s0 = 1.0 - s0  # within U |1 - s0| of the real number
+    w1, w2 = one_s0 * v_mid, half_t * c_mid
+    sv = w1 - w2
+    base = lin.scale(np.full(lin.d, s0))  # s0 (z_c + sum coef M + e), rounding in its box
+    out = base.shift(sv)
+    extra = [up(abs(one_s0) * (1 + 2 * U) * v_rad),        # (1 - s0)(v - v_mid)
+             up(k * (zv + lin.box), 2),                  # delta (z_c - v + e)
+             up(f.t * c_rad),                            # rho (c - c_mid)
+             up(4 * U * (np.abs(w1) + np.abs(w2)) + 2 * U * np.abs(sv), 4)]  # rounding of the shift
+    box = out.box
+    for x in extra:
+        box = box + x
+    terms = list(out.terms)
+    for t in lin.terms:
+        new, tbox = signed_copy(t, k)
+        terms.append(new)
+        box = box + tbox
+    gen = Term(new_id(), "zono", w2[None, :])  # (rho - t/2) c_mid, |rho - t/2| <= t/2
+    terms.append(gen)
+    box = box + up(U * np.abs(w2))  # fl(half_t c_mid) vs the real product
+    return AffineSet(out.center, up(box + TINY, len(extra) + len(terms) + 4), terms)
 
 
 def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> AffineSet:
@@ -245,7 +336,8 @@ def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
     ys = 0.5 * (lo + hi)
     nlb = norm_lower_bound(Y, lo, hi, ys)
     big = np.maximum(np.abs(lo), np.abs(hi))
-    nub = min(float(up(np.linalg.norm(big), d + 4)), float(up(float(np.linalg.norm(ys)) + Y.l2_radius(ys), 4)))
+    nub = min(float(up(np.linalg.norm(big), d + 4)), float(up(float(np.linalg.norm(ys)) + Y.l2_radius(ys), 4)),
+              norm_upper_bound(Y, ys), norm_upper_bound(Y, Y.center))
     s_lo = float(down(math.sqrt(nlb * nlb / d + eps), 8))
     s_hi = float(up(math.sqrt(nub * nub / d + eps), 8))
     return s_lo, s_hi
@@ -316,10 +408,13 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
     if ln is not None:
-        llo, lhi = ln_preact_bounds(ln, P, W_in, b_in)
-        nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
-        ok = nlo <= nhi  # always, unless a bound is wrong; then keep the set's own range
-        lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
+        ranges = [ln_preact_bounds(ln, P, W_in, b_in)]
+        P = ln_preact_set(ln, P, W_in, b_in)
+        ranges.append(P.coord_bounds())
+        for llo, lhi in ranges:
+            nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
+            ok = nlo <= nhi  # always, unless a bound is wrong; then keep the set's own range
+            lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
     a, b, mu = relax_activation(lo, hi, act)
     H = P.scale(a).shift(b)
     out = H.affine(W_out, b_out)
