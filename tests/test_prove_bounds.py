@@ -541,7 +541,7 @@ def test_checker_ln_preact_bounds_contain_samples():
         assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["radial", "random", "boxed"])
+@pytest.mark.parametrize("kind", ["radial", "random", "boxed", "offcenter"])
 def test_ln_preact_set_contains_every_sampled_preactivation(kind):
     # The set version of the identity p = v + q l(h) - rho c: every coordinate and random functional.
     # "boxed": most of the spread is in the set's box, which the set scales by q as well.
@@ -553,9 +553,16 @@ def test_ln_preact_set_contains_every_sampled_preactivation(kind):
             S = radial_set(rng, d, rng.uniform(0.01, 0.3))
         elif kind == "random":
             S = random_set(rng, d, rng.uniform(0.01, 0.5))
-        else:
+        elif kind == "boxed":
             S = radial_set(rng, d, rng.uniform(0.01, 0.1))
             S.box = np.abs(S.center) * rng.uniform(0.05, 0.2)
+        else:
+            # "offcenter": the set lies to one side of its center (a block of rows far from 0), so the
+            # expansion point (the box midpoint) is not the center and the linear part has an offset.
+            c = rng.standard_normal(d) * 0.3
+            S = AffineSet.point(c, np.full(d, 1e-4))
+            V = 1.0 + 0.3 * rng.standard_normal((5, 2))
+            S.terms.append(make_block(V, rng.standard_normal((2, d)) * rng.uniform(0.05, 0.15)))
         w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
         if e is None:
             continue
@@ -616,16 +623,32 @@ def test_norm_upper_bound_holds_and_beats_the_triangle_inequality_across_the_cen
     assert max(gains) < 1.0 and float(np.median(gains)) < 0.95, gains
 
 
-def test_checker_ln_preact_set_contains_samples_and_matches_the_prover():
+@pytest.mark.parametrize("kind", ["zono", "offcenter"])
+def test_checker_ln_preact_set_contains_samples_and_matches_the_prover(kind):
+    # "offcenter": a block of rows far from 0, so that LayerNorm is expanded at the box midpoint and
+    # the linear part has an offset at its center (the generator k (z_c - v) of ln_preact_set).
     C = importlib.import_module("assay.prove.check")
 
     rng = np.random.default_rng(29)
     for _ in range(3):
         d, m = 6, 5
         c = rng.standard_normal(d) * 0.2
-        Z = np.vstack([c * 0.2, rng.standard_normal((1, d)) * 0.01])
         box = np.abs(c) * 0.05  # a box too, which the set scales by the sigma ratio
-        S = C.CSet([C._f(x) for x in c], [C._f(x) for x in box], [C.CTerm(next(C._ids), "zono", arb_mat(Z.tolist()))])
+        if kind == "zono":
+            Z = np.vstack([c * 0.2, rng.standard_normal((1, d)) * 0.01])
+            cterm = C.CTerm(next(C._ids), "zono", arb_mat(Z.tolist()))
+            pterm = Term(new_id(), "zono", Z)
+            E = rng.uniform(-1, 1, (400, 2))
+            E[:100] = np.sign(E[:100])
+        else:
+            Vb = 1.0 + 0.3 * rng.standard_normal((4, 2))
+            Z = rng.standard_normal((2, d)) * 0.05
+            cterm = C.make_block(arb_mat(Vb.tolist()), arb_mat(Z.tolist()))
+            pterm = make_block(Vb, Z)
+            E = rng.dirichlet(np.ones(4) * 0.3, size=400)
+            E[:100] = np.eye(4)[rng.integers(0, 4, 100)]
+            E = E @ Vb
+        S = C.CSet([C._f(x) for x in c], [C._f(x) for x in box], [cterm])
         w, b = rng.standard_normal(d) + 1, rng.standard_normal(d) * 0.2
         W_in, b_in = rng.standard_normal((d, m)) / math.sqrt(d), rng.standard_normal(m) * 0.3
         eps = 1e-5
@@ -636,8 +659,6 @@ def test_checker_ln_preact_set_contains_samples_and_matches_the_prover():
         lo, hi = Pc.coord_bounds()
         A = rng.standard_normal((m, 8))
         flo = Pc.functional_lower(arb_mat(A.tolist()), arb_mat(np.abs(A).tolist()), exact=list(range(8)))
-        E = rng.uniform(-1, 1, (400, 2))
-        E[:100] = np.sign(E[:100])
         X = c + E @ Z + np.sign(rng.uniform(-1, 1, (400, d))) * box
         Y = X - X.mean(axis=1, keepdims=True)
         true = (Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b) @ W_in + b_in
@@ -647,8 +668,11 @@ def test_checker_ln_preact_set_contains_samples_and_matches_the_prover():
         vals = true @ A
         for k in range(8):
             assert float(flo[k].lower()) <= vals[:, k].min() + 1e-12
-        # the prover's set gives the same coordinate bounds up to its rounding allowances
-        P = rules.ln_taylor(AffineSet(c, box.copy(), [Term(new_id(), "zono", Z)]), w, b, eps)
-        plo, phi = rules.ln_preact_set(P[1], P[0].affine(W_in, b_in), W_in, b_in).coord_bounds()
+        # the prover's set gives the same bounds up to its rounding allowances
+        P = rules.ln_taylor(AffineSet(c, box.copy(), [pterm]), w, b, eps)
+        Pp = rules.ln_preact_set(P[1], P[0].affine(W_in, b_in), W_in, b_in)
+        plo, phi = Pp.coord_bounds()
         assert np.allclose(plo, [float(x.mid()) for x in lo], rtol=1e-6, atol=1e-9)
         assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)
+        pf = Pp.functional_bounds(A, exact=np.arange(8))[0]
+        assert np.allclose(pf, [float(x.mid()) for x in flo], rtol=1e-6, atol=1e-9)

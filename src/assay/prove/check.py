@@ -608,8 +608,8 @@ def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, norm_ub: bool = False)
 def ln_preact_set(P: CSet, expansion: tuple, lw: dict) -> CSet:
     """A set holding every pre-activation vector: with z = v + l(h) in the linear part and q = s0 + delta,
     p = s0 z + (1 - s0) v + delta (z - v) - rho c (docs/prove.md): the linear part scaled by s0 (same
-    term ids), a signed copy of its terms scaled by k >= |delta|, k |z_c - v| + k box in the box, and
-    -rho c as the center -(t/2) c and one zonotope generator (t/2) c."""
+    term ids), a signed copy of its terms scaled by k >= |delta|, delta (z_c - v) as one zonotope
+    generator k (z_c - v), k box in the box, and -rho c as the center -(t/2) c and one generator (t/2) c."""
     lin = _linear_part(P, expansion)
     lin.coord_bounds()  # caches the terms' deviations for signed_copy
     v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, True)
@@ -618,9 +618,9 @@ def ln_preact_set(P: CSet, expansion: tuple, lw: dict) -> CSet:
     half = _up(t) / 2
     base = lin.scale([s0] * len(v))
     center = [x + (ONE - s0) * vj - half * cj for x, vj, cj in zip(base.center, v, c, strict=True)]
-    box = [_up(bb + k * (_up(abs(zc - vj)) + lb))
-           for bb, zc, vj, lb in zip(base.box, lin.center, v, lin.box, strict=True)]
+    box = [_up(bb + k * lb) for bb, lb in zip(base.box, lin.box, strict=True)]
     terms = list(base.terms) + [signed_copy(tm, k) for tm in lin.terms]
+    terms.append(CTerm(next(_ids), "zono", arb_mat([[k * (zc - vj) for zc, vj in zip(lin.center, v, strict=True)]])))
     terms.append(CTerm(next(_ids), "zono", arb_mat([[half * cj for cj in c]])))
     return CSet(center, box, terms)
 

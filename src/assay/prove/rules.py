@@ -226,8 +226,10 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
     k = float(up(max(f.q_hi - s0, s0 - f.q_lo), 1))
     v_mid = 0.5 * (f.v_lo + f.v_hi)
     v_rad = up(np.maximum(f.v_hi - v_mid, v_mid - f.v_lo), 1)
-    # z_c - v over the interval of v, and (1 - s0) (v - v_mid)
-    zv = up(np.maximum(np.abs(lin.center - f.v_lo), np.abs(f.v_hi - lin.center)), 1)
+    # delta (z_c - v) = delta (z_c - v_mid) - delta (v - v_mid): one generator k (z_c - v_mid) (z_c is
+    # P's center, v the value at y = y*; they differ when y* is not the set's center) and k v_rad.
+    zg = k * (lin.center - v_mid)
+    zg_err = up(2 * U * (np.abs(zg) + k * np.abs(lin.center) + k * np.abs(v_mid)), 2)
     c_mid = 0.5 * (f.c_lo + f.c_hi)
     c_rad = up(np.maximum(f.c_hi - c_mid, c_mid - f.c_lo), 1)
     half_t = 0.5 * f.t  # exact (a power-of-two scaling; TINY below covers underflow)
@@ -237,7 +239,7 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
     base = lin.scale(np.full(lin.d, s0))  # s0 (z_c + sum coef M + e), rounding in its box
     out = base.shift(sv)
     extra = [up(abs(one_s0) * (1 + 2 * U) * v_rad),        # (1 - s0)(v - v_mid)
-             up(k * (zv + lin.box), 2),                  # delta (z_c - v + e)
+             up(k * (v_rad + lin.box), 2) + zg_err,       # delta (v_mid - v + e), and fl(zg)
              up(f.t * c_rad),                            # rho (c - c_mid)
              up(4 * U * (np.abs(w1) + np.abs(w2)) + 2 * U * np.abs(sv), 4)]  # rounding of the shift
     box = out.box
@@ -248,6 +250,7 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
         new, tbox = signed_copy(t, k)
         terms.append(new)
         box = box + tbox
+    terms.append(Term(new_id(), "zono", zg[None, :]))  # delta (z_c - v_mid), |delta| <= k
     gen = Term(new_id(), "zono", w2[None, :])  # (rho - t/2) c_mid, |rho - t/2| <= t/2
     terms.append(gen)
     box = box + up(U * np.abs(w2))  # fl(half_t c_mid) vs the real product
@@ -402,8 +405,9 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
     """A set containing act(x W_in + b_in) W_out + b_out for every x in X.
 
     ``ln``: X is the Taylor set of a LayerNorm and ``ln`` its expansion (:func:`ln_taylor`); the
-    relaxation then uses the intersection of the set's coordinate bounds with :func:`ln_preact_bounds`
-    (both hold every true pre-activation).
+    pre-activations are then the set of :func:`ln_preact_set` (no remainder ball), and the relaxation
+    uses the intersection of three ranges that each hold every true pre-activation: the Taylor set's,
+    :func:`ln_preact_bounds` and that set's own.
     """
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
