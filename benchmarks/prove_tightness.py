@@ -27,6 +27,7 @@ The fast evaluator is checked against the model's own forward pass on random str
 
     python benchmarks/prove_tightness.py            # 4 prefixes, a few minutes
     python benchmarks/prove_tightness.py --quick    # 2 prefixes
+    python benchmarks/prove_tightness.py --trained  # certified n_free only, three prefixes x 1024
 """
 
 from __future__ import annotations
@@ -261,16 +262,36 @@ def clean_limit(model, prefix, suffix, c, rng, l_max=L_MAX) -> tuple[int, bool, 
     return lo, True, found, time.process_time() - t0
 
 
+def trained_table(model, n_fix: int = 1024) -> None:
+    """The largest certified n_free (and its margin and the free tokens' attention bound) for the
+    repeated-token prefixes of docs/prove.md's "trained model" table."""
+    tok = model.tokenizer
+    print(f"{'prefix x ' + str(n_fix):<16} {'suffix':>8} {'token':>8} {'certified':>9} {'margin':>7} {'Lambda':>7}")
+    for word, q in ((" congreg", "."), (" Haman", " unto"), ("yria", " shalt")):
+        prefix, suffix = [tok.encode(word).ids[-1]] * n_fix, [tok.encode(q).ids[-1]]
+        n, c, margin = certified(model, prefix, suffix)
+        lam = math.nan
+        if n >= 0:
+            lam = max(prove(model, prefix, n, suffix=suffix).details["per_length"][-1]["lambda_max"])
+        print(f"{word!r:<16} {q!r:>8} {tok.decode([c]) if c is not None else '-'!r:>8} {n:9d} {margin:7.3f} {lam:7.3f}",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two prefixes only")
     ap.add_argument("--evals", type=int, default=60,
                     help="design budget per prefix, in prover evaluations (reproducible, unlike seconds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trained", action="store_true",
+                    help="only the certified n_free of three repeated-token prefixes x 1024 (docs/prove.md)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load("overwhelm-1l").double()
     tok = model.tokenizer
+    if args.trained:
+        trained_table(model)
+        return
     rng = np.random.default_rng(args.seed)
     dot = tok.encode(".").ids[-1]
     unto = tok.encode(" unto").ids[-1]

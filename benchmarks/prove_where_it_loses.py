@@ -6,11 +6,12 @@ overwhelm-1l, prefix " Haman" (2944) x 256, suffix " unto" (321), next token " t
   and with every competitor refined (equal whenever the case is provable: the refinement loop stops
   at the refine-all minimum);
 - how many of the 512 MLP neurons at the last position can cross zero: by the LayerNorm Taylor set's
-  own coordinate range, and after intersecting with the scalar-remainder range
-  (``rules.ln_preact_bounds``), which is what the prover uses, and the range of sigma*/sigma(y) by
-  which that range widens the linear part.
+  own coordinate range, and by the range the prover uses (intersected with the scalar-remainder range
+  ``rules.ln_preact_bounds`` and with the pre-activation set ``rules.ln_preact_set``), and the range
+  of sigma*/sigma(y) (the spread of the scalar q that both use);
+- for the binding competitor, how much each kind of term of the final set costs (a float diagnostic).
 
-    python benchmarks/prove_where_it_loses.py          # L = 1..4, about a minute
+    python benchmarks/prove_where_it_loses.py          # L = 1..5, about a minute
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import torch
 
 from assay.model import load
 from assay.prove import rules
+from assay.prove.affine import _exact_support
 from assay.prove.api import reference_token
 from assay.prove.engine import Engine, Options
+from assay.prove.fp import col_norms
 from assay.prove.weights import extract
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-fix", type=int, default=256)
-    ap.add_argument("--max-l", type=int, default=4)
+    ap.add_argument("--max-l", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load("overwhelm-1l")
@@ -43,12 +46,14 @@ def main() -> None:
 
     def counting_mlp(X, W_in, b_in, W_out, b_out, act, ln=None):
         if ln is not None and W_in.shape[1] == model.cfg.d_mlp:
-            lo, hi = X.affine(W_in, b_in).coord_bounds()
-            plo, phi = rules.ln_preact_bounds(ln, X.affine(W_in, b_in), W_in, b_in)
+            P = X.affine(W_in, b_in)
+            lo, hi = P.coord_bounds()
+            plo, phi = rules.ln_preact_bounds(ln, P, W_in, b_in)
+            qlo, qhi = rules.ln_preact_set(ln, P, W_in, b_in).coord_bounds()
+            ulo, uhi = np.maximum.reduce([lo, plo, qlo]), np.minimum.reduce([hi, phi, qhi])
             s_lo, s_hi = rules.sigma_range(ln.Y, ln.eps)
             s_lo = max(s_lo, ln.sig_min)
-            counts.append((int(((lo < 0) & (hi > 0)).sum()),
-                           int(((np.maximum(lo, plo) < 0) & (np.minimum(hi, phi) > 0)).sum()),
+            counts.append((int(((lo < 0) & (hi > 0)).sum()), int(((ulo < 0) & (uhi > 0)).sum()),
                            ln.sig / s_hi, ln.sig / s_lo))
         return real_mlp(X, W_in, b_in, W_out, b_out, act, ln)
 
@@ -59,6 +64,7 @@ def main() -> None:
               f"{model.cfg.d_mlp}")
         print(f"{'L':>2} {'default':>10} {'refined':>8} {'refine-all':>11} {'crossing (Taylor)':>18} "
               f"{'crossing (used)':>16} {'sigma*/sigma range':>19}")
+        parts = []
         for L in range(1, args.max_l + 1):
             counts.clear()
             X, _ = eng.final_set(L, None)
@@ -67,8 +73,31 @@ def main() -> None:
             every, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
             print(f"{L:>2} {default.min():>10.3f} {len(refined):>8} {every.min():>11.3f} {taylor:>18} {used:>16} "
                   f"{f'[{q_lo:.2f}, {q_hi:.2f}]':>19}", flush=True)
+            parts.append((L, int(np.argmin(every)), term_supports(X, W, c, int(np.argmin(every)))))
     finally:
         rules.mlp_set = real_mlp
+    print("\nWhere the binding competitor's margin goes: the lower support of (w * (W_U[:, c] - W_U[:, k])) . y "
+          "over the centred final residual, per kind of term (before the final LayerNorm's division by sigma)")
+    print(f"{'L':>2} {'k':>5} {'center':>7} {'attention':>10} {'sigma spread':>13} {'rank one':>9} {'ReLU':>8}")
+    for L, k, sup in parts:
+        print(f"{L:>2} {k:>5} {sup['center']:>7.3f} {sup['attention']:>10.3f} {sup['sigma spread']:>13.3f} "
+              f"{sup['rank one']:>9.3f} {sup['ReLU']:>8.3f}")
+
+
+def term_supports(X, W, c: int, k: int) -> dict[str, float]:
+    """Float (unrigorous, diagnostic) lower supports of a_k.y per kind of term of the centred set X:
+    the attention (pooled) term, the sigma-spread copies of ln_preact_set (signed terms), its rank-one
+    generators (one-row zonotopes) and the ReLU relaxation (the MLP's zonotope)."""
+    a = (W.W_U[:, c] - W.W_U[:, k]) * W.lnf_w
+    Y = X.center_coords()
+    out = {"center": float(Y.center @ a), "attention": 0.0, "sigma spread": 0.0, "rank one": 0.0, "ReLU": 0.0}
+    for t in Y.terms:
+        lo = float(_exact_support(t, a[:, None], col_norms(a[:, None]))[0][0])
+        if t.kind in ("pooled", "block"):
+            out["sigma spread" if t.signed else "attention"] += lo
+        elif t.kind == "zono":
+            out["rank one" if t.M.shape[0] == 1 else "ReLU"] += lo
+    return out
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _setup(ctx: Any) -> dict:
         ids = tok.encode(text_path.read_text() if text_path.is_file() else "In the beginning " * 400).ids
         return dict(model=model, name="overwhelm-1l", decode=tok.decode, n_fix=256, n_free=2,
                     suffix=tok.encode(".").ids[-1:], evals=60, extra=[tok.encode(" congreg").ids[-1]],
-                    fix_grid=[16, 32, 64, 128, 256, 512, 1024], limit=8, text=(ids * (1024 // len(ids) + 2))[:1100])
+                    fix_grid=[16, 32, 64, 128, 256, 512, 1024], limit=12, text=(ids * (1024 // len(ids) + 2))[:1100])
     from assay.prove.toy import toy_model
 
     ctx.log("prove: overwhelm-1l is not shipped here; using a tiny random model")

@@ -379,7 +379,8 @@ class Engine:
 
     def margins(self, X: AffineSet, c: int, refine: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
         """Lower bounds of logit[c] - logit[k] for every k (inf at k = c), X the final residual's set
-        (before the final LayerNorm), and the competitors whose exact support was evaluated.
+        (before the final LayerNorm), and the refined competitors the least margin needs (their cheap
+        bound is at or below it).
 
         Two bounds, the better taken per k: the Taylor set of LN_final(X) against the unembedding
         difference, and the quotient bound a.y / sigma(y) >= (a.y)_min / sigma_{hi or lo} on the centred
@@ -451,7 +452,12 @@ class Engine:
                 break
             best = np.maximum(best, evaluate(more))
             refined[more] = True
-        return best, np.flatnonzero(refined).tolist()
+        # Evidence for the checker: only the refined competitors whose cheap bound does not already
+        # clear the least margin need their exact support re-derived (the slack covers the checker's
+        # own, differently rounded, cheap bounds).
+        low = best.min()
+        needed = refined & (cheap <= low + 1e-6 * (1.0 + abs(low)))
+        return best, np.flatnonzero(needed).tolist()
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)
