@@ -307,3 +307,48 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
             check(_forge(cert, method={**cert["method"], "name": label}), m)
     with pytest.raises(CertificateError, match="unknown method"):
         check(_forge(new.certificate, method={**new.certificate["method"], "name": "affine-lambda/9"}), m)
+
+
+def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
+    # The checker takes each group's maximum in arb only over the rows a float pass cannot rule out.
+    # Against the maximum over every row, on rows with exact ties, near-ties (1 ulp apart), huge and
+    # tiny magnitudes and several groups: the same exact numbers.
+    import importlib
+
+    from flint import arb
+
+    C = importlib.import_module("assay.prove.check")  # the package exports a function of that name
+
+    def full(X, pool):
+        scale, starts, mult, total = pool
+        N, K = len(X), len(X[0])
+        bounds = list(starts[1:]) + [N]
+        out = []
+        for k in range(K):
+            col = [X[b][k].upper() for b in range(N)]
+            top = float(max(float(x) for x in col + [C.ZERO]))
+            best = None
+            for f in C.POOL_T:
+                t = arb(top * f)
+                val = total * t
+                for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
+                    gm = C._emax([(scale[r] * (col[r] - t)).upper() for r in range(a, b)] + [C.ZERO])
+                    val = val + mult[g] * gm
+                val = val.upper()
+                best = val if best is None else C._emin([best, val])
+            out.append(best)
+        return out
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        N, K = int(rng.integers(2, 40)), int(rng.integers(1, 4))
+        X = rng.standard_normal((N, K)) * 10.0 ** rng.uniform(-8, 8)
+        X[rng.integers(0, N, 3)] = X[0]  # exact ties
+        X[1] = np.nextafter(X[0], np.inf)  # near-ties
+        scale = [arb(float(x)) for x in rng.uniform(0, 1, N)]
+        cut = sorted(set(rng.integers(1, N, 2).tolist()))
+        starts = [0] + cut
+        pool = (scale, starts, [arb(int(m)) for m in rng.integers(1, 4, len(starts))], arb(float(rng.uniform(0.1, 2))))
+        Xa = [[arb(float(v)) for v in row] for row in X]
+        got, want = C.pooled_max(Xa, pool), full(Xa, pool)
+        assert all(g == w for g, w in zip(got, want, strict=True)), (trial, got, want)

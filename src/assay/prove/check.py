@@ -183,28 +183,51 @@ POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 def pooled_max(X: list[list], pool) -> list[arb]:
     """Upper bound per column of the support of a pooled term (rows X [N][K]): for every t >= 0,
     total t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t)) bounds it (Lagrangian duality);
-    the least over a grid of t in [0, max X] is taken."""
+    the least over a grid of t in [0, max X] is taken.
+
+    Each group's maximum is taken in arb over the rows that can attain it: a float64 pass (IEEE
+    arithmetic, correctly rounded +, -, *) discards rows whose value is below the float maximum by more
+    than twice the float error bound, which cannot hold the maximum (see :func:`_candidates`)."""
     scale, starts, mult, total = pool
     N = len(X)
     K = len(X[0]) if N else 0
     if N == 0 or not total > 0:
         return [ZERO] * K
     bounds = list(starts[1:]) + [N]
+    sf = np.array([float(x.mid()) for x in scale])
     out = []
     for k in range(K):
         col = [_up(X[b][k]) for b in range(N)]
-        top = _emax(col + [ZERO])
+        cf = np.array([float(x) for x in col])
+        top = max(float(cf.max()), 0.0) if np.all(np.isfinite(cf)) else None
         best = None
         for f in POOL_T:
-            t = _f(_mid(top) * f)
+            t = _f(top * f) if top is not None else ZERO
             val = total * t
             for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
-                gm = _emax([_up(scale[r] * (col[r] - t)) for r in range(a, b)] + [ZERO])
+                rows = _candidates(sf[a:b], cf[a:b], float(t.mid())) if top is not None else None
+                rows = range(a, b) if rows is None else [a + int(r) for r in rows]
+                gm = _emax([_up(scale[r] * (col[r] - t)) for r in rows] + [ZERO])
                 val = val + mult[g] * gm
             val = _up(val)
             best = val if best is None else _emin([best, val])
         out.append(best)
     return out
+
+
+def _candidates(s: np.ndarray, c: np.ndarray, t: float) -> np.ndarray | None:
+    """Indices r that can maximise s_r (c_r - t), from float copies s, c of exact numbers (each within
+    2^-53 relative of its float) and an exact float t; None when a float is not finite.
+
+    With v = fl(s (c - t)), |v_r - s_r (c_r - t)| <= E_r = 8u |s_r| (|c_r| + |t|) (two conversions, one
+    subtraction, one product: at most 4u(1 + 4u) relative to |s|(|c| + |t|)). A row with
+    v_r < max v - 2 max E has a true value below that of the float argmax, so it is not needed."""
+    with np.errstate(all="ignore"):
+        v = s * (c - t)
+        E = 8.0 * 2.0**-53 * np.abs(s) * (np.abs(c) + abs(t)) + 1e-300
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(E))):
+        return None
+    return np.flatnonzero(v >= v.max() - 2.0 * E.max())
 
 
 @dataclass
