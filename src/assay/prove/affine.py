@@ -209,15 +209,20 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
     if N == 0 or total <= 0.0:
         return np.zeros(K)
     top = np.maximum(X.max(axis=0), 0.0)
+    # |fl(scale_b fl(X_b - t)) - scale_b (X_b - t)| <= 3U scale_b (|X_b| + t) <= 3U smax (max_b |X_b| + t)
+    slack0 = 3 * U * float(scale.max()) * np.abs(X).max(axis=0)
+    sc = scale[:, None]
+    Y = np.empty_like(X)
     best = None
     for f in POOL_T:
         t = top * f
-        Y = scale[:, None] * (X - t)
-        Y += 3 * U * np.abs(Y)
+        np.subtract(X, t, out=Y)
+        np.multiply(Y, sc, out=Y)
+        slack = up(slack0 + 3 * U * float(scale.max()) * t, 4)
         if len(starts) == 1:
-            gmax = np.maximum(Y.max(axis=0), 0.0)[None, :]
+            gmax = np.maximum(Y.max(axis=0) + slack, 0.0)[None, :]
         else:
-            gmax = np.maximum(np.maximum.reduceat(Y, starts, axis=0), 0.0)
+            gmax = np.maximum(np.maximum.reduceat(Y, starts, axis=0) + slack, 0.0)
         val = up(total * t + mult @ gmax, len(mult) + 4)
         best = val if best is None else np.minimum(best, val)
     return best
