@@ -352,3 +352,9 @@ def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
         Xa = [[arb(float(v)) for v in row] for row in X]
         got, want = C.pooled_max(Xa, pool), full(Xa, pool)
         assert all(g == w for g, w in zip(got, want, strict=True)), (trial, got, want)
+    # Below the double range a float is off by 2^-1074 absolute, not relative: a subnormal scale
+    # times a huge value must not be filtered out (found in review; the bound then missed ~1e-24).
+    tiny = arb(1.4) * arb(2) ** -1074
+    Xa, pool = [[arb(6e-24)], [arb(1e300)]], ([arb(1), tiny], [0], [arb(1)], arb(1))
+    assert C.pooled_max(Xa, pool)[0] == full(Xa, pool)[0]
+    assert C.pooled_max(Xa, pool)[0] >= (tiny * arb(1e300)).lower()

@@ -216,15 +216,22 @@ def pooled_max(X: list[list], pool) -> list[arb]:
 
 
 def _candidates(s: np.ndarray, c: np.ndarray, t: float) -> np.ndarray | None:
-    """Indices r that can maximise s_r (c_r - t), from float copies s, c of exact numbers (each within
-    2^-53 relative of its float) and an exact float t; None when a float is not finite.
+    """Indices r that can maximise s_r (c_r - t), from float copies s, c of exact numbers and an exact
+    float t; None when a float is not finite.
 
-    With v = fl(s (c - t)), |v_r - s_r (c_r - t)| <= E_r = 8u |s_r| (|c_r| + |t|) (two conversions, one
-    subtraction, one product: at most 4u(1 + 4u) relative to |s|(|c| + |t|)). A row with
-    v_r < max v - 2 max E has a true value below that of the float argmax, so it is not needed."""
+    Each float is within 2^-52 relative (one ulp, whether the conversion rounds or truncates) or
+    2^-1074 absolute (below the normal range) of its number. With v = fl(s (c - t)),
+    |v_r - s_r (c_r - t)| <= E_r = 8u |s_r| (|c_r| + |t|) + 2^-1072 (|c_r| + |t| + |s_r| + 1): two
+    conversions, one subtraction and one product give at most 6u(1 + 6u) relative to |s|(|c| + |t|),
+    and the absolute parts (a subnormal s times |c - t|, a subnormal c times |s|, underflow of the
+    product) are covered by the second term. A row with v_r < max v - 2 max E has a true value below
+    that of the float argmax, so it is not needed."""
+    if s.size == 0:
+        return np.empty(0, dtype=np.int64)
     with np.errstate(all="ignore"):
         v = s * (c - t)
-        E = 8.0 * 2.0**-53 * np.abs(s) * (np.abs(c) + abs(t)) + 1e-300
+        a = np.abs(c) + abs(t)
+        E = 8.0 * 2.0**-53 * np.abs(s) * a + 2.0**-1072 * (a + np.abs(s) + 1.0)
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(E))):
         return None
     return np.flatnonzero(v >= v.max() - 2.0 * E.max())
