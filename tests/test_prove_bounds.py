@@ -468,23 +468,6 @@ def _preact_case(S, rng, m):
     return w, b, W_in, b_in, eps, xn, e, P, true
 
 
-@pytest.mark.parametrize("radial", [True, False])
-def test_ln_preact_bounds_contain_every_sampled_preactivation(radial):
-    rng = np.random.default_rng(21)
-    checked = 0
-    for _ in range(20):
-        d, m = int(rng.integers(4, 24)), int(rng.integers(3, 30))
-        S = radial_set(rng, d, rng.uniform(0.01, 0.3)) if radial else random_set(rng, d, rng.uniform(0.01, 0.5))
-        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
-        if e is None:
-            continue  # the set is too wide for a Taylor expansion: nothing to bound
-        lo, hi = rules.ln_preact_bounds(e, P, W_in, b_in)
-        assert np.all(true >= lo - TOL * (1 + np.abs(lo))), f"below by {np.max(lo - true)}"
-        assert np.all(true <= hi + TOL * (1 + np.abs(hi))), f"above by {np.max(true - hi)}"
-        checked += 1
-    assert checked >= 10
-
-
 def test_ln_preact_bounds_beat_the_remainder_ball_on_radial_sets():
     # Along the center LayerNorm is nearly constant; the Taylor ball does not know it, this bound does.
     rng = np.random.default_rng(22)
@@ -509,63 +492,39 @@ def test_mlp_set_after_layernorm_contains_samples():
         assert_inside(out, np.maximum(true, 0) @ W_out + b_out, rng, what=f"ln+mlp radial={radial}")
 
 
-def test_checker_ln_preact_bounds_contain_samples():
-    C = importlib.import_module("assay.prove.check")  # the package exports a function of that name
-
-    rng = np.random.default_rng(24)
-    for _ in range(4):
-        d, m = 6, 5
-        c = rng.standard_normal(d) * 0.2
-        Z = np.vstack([c * 0.2, rng.standard_normal((1, d)) * 0.01])
-        S = C.CSet([C._f(x) for x in c], [C.ZERO] * d, [C.CTerm(next(C._ids), "zono", arb_mat(Z.tolist()))])
-        w, b = rng.standard_normal(d) + 1, rng.standard_normal(d) * 0.2
-        W_in, b_in = rng.standard_normal((d, m)) / math.sqrt(d), rng.standard_normal(m) * 0.3
-        eps = 1e-5
-        lw = {"ln2": ([C._f(x) for x in w], [C._f(x) for x in b]), "W_in": arb_mat(W_in.tolist()),
-              "|W_in|": arb_mat(np.abs(W_in).tolist()), "b_in": [C._f(x) for x in b_in]}
-        xn, e = C.ln_taylor(S, *lw["ln2"], C._f(eps))
-        assert e is not None
-        lo, hi = C.ln_preact_bounds(xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"]), e, lw)
-        E = rng.uniform(-1, 1, (400, 2))
-        E[:100] = np.sign(E[:100])
-        X = c + E @ Z
-        Y = X - X.mean(axis=1, keepdims=True)
-        true = (Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b) @ W_in + b_in
-        for j in range(m):
-            assert float(lo[j].lower()) <= true[:, j].min() + 1e-12
-            assert float(hi[j].upper()) >= true[:, j].max() - 1e-12
-        # and it is the bound the prover uses: the two agree closely
-        P = rules.ln_taylor(AffineSet(c, np.zeros(d), [Term(new_id(), "zono", Z)]), w, b, eps)
-        plo, phi = rules.ln_preact_bounds(P[1], P[0].affine(W_in, b_in), W_in, b_in)
-        assert np.allclose(plo, [float(x.mid()) for x in lo], rtol=1e-6, atol=1e-9)
-        assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)
+def _preact_input_set(rng, kind: str, d: int) -> AffineSet:
+    """Input sets for the LayerNorm -> pre-activation bounds: "radial" (spread along the center),
+    "random" (every kind of term), "boxed" (most of the spread in the box, which the pre-activation set
+    scales by the sigma ratio too), "offcenter" (a block of rows far from 0: the expansion point, the
+    box midpoint, is not the center, so the linear part has an offset at its center)."""
+    if kind == "radial":
+        return radial_set(rng, d, rng.uniform(0.01, 0.3))
+    if kind == "random":
+        return random_set(rng, d, rng.uniform(0.01, 0.5))
+    if kind == "boxed":
+        S = radial_set(rng, d, rng.uniform(0.01, 0.1))
+        S.box = np.abs(S.center) * rng.uniform(0.05, 0.2)
+        return S
+    S = AffineSet.point(rng.standard_normal(d) * 0.3, np.full(d, 1e-4))
+    V = 1.0 + 0.3 * rng.standard_normal((5, 2))
+    S.terms.append(make_block(V, rng.standard_normal((2, d)) * rng.uniform(0.05, 0.15)))
+    return S
 
 
 @pytest.mark.parametrize("kind", ["radial", "random", "boxed", "offcenter"])
-def test_ln_preact_set_contains_every_sampled_preactivation(kind):
-    # The set version of the identity p = v + q l(h) - rho c: every coordinate and random functional.
-    # "boxed": most of the spread is in the set's box, which the set scales by q as well.
+def test_ln_preact_bounds_and_set_contain_every_sampled_preactivation(kind):
+    # The identity p = v + q l(h) - rho c, as per-neuron ranges and as a set: every coordinate, and for
+    # the set also random functionals.
     rng = np.random.default_rng(25)
     checked = 0
     for _ in range(20):
         d, m = int(rng.integers(4, 24)), int(rng.integers(3, 30))
-        if kind == "radial":
-            S = radial_set(rng, d, rng.uniform(0.01, 0.3))
-        elif kind == "random":
-            S = random_set(rng, d, rng.uniform(0.01, 0.5))
-        elif kind == "boxed":
-            S = radial_set(rng, d, rng.uniform(0.01, 0.1))
-            S.box = np.abs(S.center) * rng.uniform(0.05, 0.2)
-        else:
-            # "offcenter": the set lies to one side of its center (a block of rows far from 0), so the
-            # expansion point (the box midpoint) is not the center and the linear part has an offset.
-            c = rng.standard_normal(d) * 0.3
-            S = AffineSet.point(c, np.full(d, 1e-4))
-            V = 1.0 + 0.3 * rng.standard_normal((5, 2))
-            S.terms.append(make_block(V, rng.standard_normal((2, d)) * rng.uniform(0.05, 0.15)))
-        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(S, rng, m)
+        w, b, W_in, b_in, eps, xn, e, P, true = _preact_case(_preact_input_set(rng, kind, d), rng, m)
         if e is None:
-            continue
+            continue  # the set is too wide for a Taylor expansion: nothing to bound
+        lo, hi = rules.ln_preact_bounds(e, P, W_in, b_in)
+        assert np.all(true >= lo - TOL * (1 + np.abs(lo))), f"{kind}: below by {np.max(lo - true)}"
+        assert np.all(true <= hi + TOL * (1 + np.abs(hi))), f"{kind}: above by {np.max(true - hi)}"
         assert_inside(rules.ln_preact_set(e, P, W_in, b_in), true, rng, n_dirs=32, what=kind)
         checked += 1
     assert checked >= 10
@@ -624,7 +583,8 @@ def test_norm_upper_bound_holds_and_beats_the_triangle_inequality_across_the_cen
 
 
 @pytest.mark.parametrize("kind", ["zono", "offcenter"])
-def test_checker_ln_preact_set_contains_samples_and_matches_the_prover(kind):
+def test_checker_ln_preact_bounds_and_set_contain_samples_and_match_the_prover(kind):
+    # The checker's ranges and set hold every sampled pre-activation and agree with the prover's.
     # "offcenter": a block of rows far from 0, so that LayerNorm is expanded at the box midpoint and
     # the linear part has an offset at its center (the generator k (z_c - v) of ln_preact_set).
     C = importlib.import_module("assay.prove.check")
@@ -655,24 +615,30 @@ def test_checker_ln_preact_set_contains_samples_and_matches_the_prover(kind):
         lw = {"ln2": ([C._f(x) for x in w], [C._f(x) for x in b]), "W_in": arb_mat(W_in.tolist()),
               "|W_in|": arb_mat(np.abs(W_in).tolist()), "b_in": [C._f(x) for x in b_in]}
         xn, e = C.ln_taylor(S, *lw["ln2"], C._f(eps))
-        Pc = C.ln_preact_set(xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"]), e, lw)
+        assert e is not None
+        Pa = xn.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
+        Pc = C.ln_preact_set(Pa, e, lw)
         lo, hi = Pc.coord_bounds()
+        blo, bhi = C.ln_preact_bounds(Pa, e, lw)
         A = rng.standard_normal((m, 8))
         flo = Pc.functional_lower(arb_mat(A.tolist()), arb_mat(np.abs(A).tolist()), exact=list(range(8)))
         X = c + E @ Z + np.sign(rng.uniform(-1, 1, (400, d))) * box
         Y = X - X.mean(axis=1, keepdims=True)
         true = (Y / np.sqrt((Y * Y).mean(axis=1, keepdims=True) + eps) * w + b) @ W_in + b_in
         for j in range(m):
-            assert float(lo[j].lower()) <= true[:, j].min() + 1e-12
-            assert float(hi[j].upper()) >= true[:, j].max() - 1e-12
+            for low, high in ((lo, hi), (blo, bhi)):
+                assert float(low[j].lower()) <= true[:, j].min() + 1e-12
+                assert float(high[j].upper()) >= true[:, j].max() - 1e-12
         vals = true @ A
         for k in range(8):
             assert float(flo[k].lower()) <= vals[:, k].min() + 1e-12
         # the prover's set gives the same bounds up to its rounding allowances
         P = rules.ln_taylor(AffineSet(c, box.copy(), [pterm]), w, b, eps)
-        Pp = rules.ln_preact_set(P[1], P[0].affine(W_in, b_in), W_in, b_in)
-        plo, phi = Pp.coord_bounds()
-        assert np.allclose(plo, [float(x.mid()) for x in lo], rtol=1e-6, atol=1e-9)
-        assert np.allclose(phi, [float(x.mid()) for x in hi], rtol=1e-6, atol=1e-9)
+        Pn = P[0].affine(W_in, b_in)
+        Pp = rules.ln_preact_set(P[1], Pn, W_in, b_in)
+        for (plo, phi), (low, high) in ((Pp.coord_bounds(), (lo, hi)),
+                                        (rules.ln_preact_bounds(P[1], Pn, W_in, b_in), (blo, bhi))):
+            assert np.allclose(plo, [float(x.mid()) for x in low], rtol=1e-6, atol=1e-9)
+            assert np.allclose(phi, [float(x.mid()) for x in high], rtol=1e-6, atol=1e-9)
         pf = Pp.functional_bounds(A, exact=np.arange(8))[0]
         assert np.allclose(pf, [float(x.mid()) for x in flo], rtol=1e-6, atol=1e-9)

@@ -210,7 +210,8 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
         return np.zeros(K)
     top = np.maximum(X.max(axis=0), 0.0)
     # |fl(scale_b fl(X_b - t)) - scale_b (X_b - t)| <= 3U scale_b (|X_b| + t) <= 3U smax (max_b |X_b| + t)
-    slack0 = 3 * U * float(scale.max()) * np.abs(X).max(axis=0)
+    smax = float(scale.max())
+    slack0 = 3 * U * smax * np.abs(X).max(axis=0)
     sc = scale[:, None]
     Y = np.empty_like(X)
     best = None
@@ -218,7 +219,7 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
         t = top * f
         np.subtract(X, t, out=Y)
         np.multiply(Y, sc, out=Y)
-        slack = up(slack0 + 3 * U * float(scale.max()) * t, 4)
+        slack = up(slack0 + 3 * U * smax * t, 4)
         if len(starts) == 1:
             gmax = np.maximum(Y.max(axis=0) + slack, 0.0)[None, :]
         else:

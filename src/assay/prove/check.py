@@ -41,9 +41,9 @@ FORMAT = "assay-overwhelm-certificate/1"
 # /2 added the MLP pre-activation ranges from LayerNorm's linear part (ln_preact_bounds); /3 the
 # pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range.
 METHODS = {
-    "affine-lambda/1": {"ln_preact": False, "preact_set": False},
-    "affine-lambda/2": {"ln_preact": True, "preact_set": False},
-    "affine-lambda/3": {"ln_preact": True, "preact_set": True},
+    "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
+    "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
+    "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -620,12 +620,13 @@ def _linear_part(P: CSet, expansion: tuple) -> CSet:
     return CSet(list(P.center), list(P.box), [t for t in P.terms if t.id != expansion[5]])
 
 
-def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, norm_ub: bool = False) -> tuple[list, list]:
+def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, factors: tuple | None = None) -> tuple[list, list]:
     """Bounds of every pre-activation LN(x) W_in + b_in from the Taylor set's linear part and a scalar
     remainder: p_j = v_j + l_j(h) sigma*/sigma(y) - c_j R(h)/sigma(y), c_j = (w*W_in[:, j]).y*/sigma*,
-    v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md)."""
+    v_j = b.W_in[:, j] + b_in[j] + c_j, l_j the linear part, 0 <= R <= r^2/(2 d sig_min) (docs/prove.md).
+    ``factors``: :func:`_preact_factors` when already computed (default: those of method /3)."""
     llo, lhi = _linear_part(P, expansion).coord_bounds()
-    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, norm_ub)
+    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, True) if factors is None else factors
     lo, hi = [], []
     for j in range(len(v)):
         m_lo, m_hi = _interval_mul(_lo(llo[j] - v[j]), _up(lhi[j] - v[j]), q_lo, q_hi)
@@ -635,14 +636,14 @@ def ln_preact_bounds(P: CSet, expansion: tuple, lw: dict, norm_ub: bool = False)
     return lo, hi
 
 
-def ln_preact_set(P: CSet, expansion: tuple, lw: dict) -> CSet:
+def ln_preact_set(P: CSet, expansion: tuple, lw: dict, factors: tuple | None = None) -> CSet:
     """A set holding every pre-activation vector: with z = v + l(h) in the linear part and q = s0 + delta,
     p = s0 z + (1 - s0) v + delta (z - v) - rho c (docs/prove.md): the linear part scaled by s0 (same
     term ids), a signed copy of its terms scaled by k >= |delta|, delta (z_c - v) as one zonotope
     generator k (z_c - v), k box in the box, and -rho c as the center -(t/2) c and one generator (t/2) c."""
     lin = _linear_part(P, expansion)
     lin.coord_bounds()  # caches the terms' deviations for signed_copy
-    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, True)
+    v, c, q_lo, q_hi, t = _preact_factors(expansion, lw, True) if factors is None else factors
     s0 = _f(0.5 * (_mid(q_lo) + _mid(q_hi)))
     k = _up(_emax([_up(q_hi - s0), _up(s0 - q_lo)]))
     half = _up(t) / 2
@@ -728,16 +729,19 @@ def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
     return a, bb, mu
 
 
-def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bool = False) -> CSet:
+def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bool = False,
+            norm_ub: bool = False) -> CSet:
     """``ln``: the expansion (:func:`ln_taylor`) when X is LayerNorm's Taylor set; the relaxation's
     ranges are then the intersection with :func:`ln_preact_bounds`. ``preact_set`` (method /3): the
-    linear part is :func:`ln_preact_set` (its ranges intersected too) instead of the Taylor set."""
+    linear part is :func:`ln_preact_set` (its ranges intersected too) instead of the Taylor set;
+    ``norm_ub`` (/3): the sigma range uses the inner-product norm bound."""
     P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
     lo, hi = P.coord_bounds()
     if ln is not None:
-        ranges = [ln_preact_bounds(P, ln, lw, norm_ub=preact_set)]
+        factors = _preact_factors(ln, lw, norm_ub)
+        ranges = [ln_preact_bounds(P, ln, lw, factors)]
         if preact_set:
-            P = ln_preact_set(P, ln, lw)
+            P = ln_preact_set(P, ln, lw, factors)
             ranges.append(P.coord_bounds())
         for plo, phi in ranges:
             for j in range(len(lo)):
@@ -846,11 +850,12 @@ class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
-                 preact_set: bool = True):
+                 preact_set: bool = True, norm_ub: bool = True):
         cfg = model.cfg
         self.cfg = cfg
         self.ln_preact = ln_preact
         self.preact_set = preact_set
+        self.norm_ub = norm_ub
         self.h, self.k = cfg.n_heads, cfg.d_head
         self.scale = ONE / arb(cfg.d_head).sqrt()
         self.rope = cfg.positional_embedding_type == "rotary"
@@ -1128,7 +1133,8 @@ class Checker:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
-        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None, self.preact_set))
+        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None, self.preact_set,
+                               self.norm_ub))
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
@@ -1170,7 +1176,7 @@ class Checker:
             w, b = self.lnf
             Z = ln_set(X, w, b, self.eps)
             Y = X.center_coords()
-            s_lo, s_hi = sigma_range(Y, self.eps, self.preact_set)
+            s_lo, s_hi = sigma_range(Y, self.eps, self.norm_ub)
             Aw = arb_mat([[w[i] * A[i, k] for k in range(A.ncols())] for i in range(A.nrows())])
             bb = _vec(_row(b) * A)
             paths = [(Z, A, bd, None), (Y, Aw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]

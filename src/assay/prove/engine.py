@@ -384,8 +384,9 @@ class Engine:
 
         Two bounds, the better taken per k: the Taylor set of LN_final(X) against the unembedding
         difference, and the quotient bound a.y / sigma(y) >= (a.y)_min / sigma_{hi or lo} on the centred
-        set. With ``refine=None`` the refined set is every k whose cheap bound is <= 0 plus the
-        ``n_refine`` lowest, at most ``max_refine + n_refine`` in all.
+        set. With ``refine=None``: the ``n_refine`` lowest cheap bounds and up to ``max_refine`` non-positive
+        ones first, then rounds of every unrefined k whose cheap bound is at or below the current least
+        margin, until none is left (the least margin is then the refine-all one) or a refined k is <= 0.
         """
         W = self.W
         WU, bU = W.W_U, W.b_U

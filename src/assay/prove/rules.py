@@ -131,7 +131,8 @@ class LNExpansion:
     eps: float
 
 
-def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray,
+                     f: PreactFactors | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rigorous (lo, hi) of every pre-activation p_j = LN(x) W_in[:, j] + b_in[j] over the set, from the
     linear part of the Taylor set alone (P: the Taylor set of :func:`ln_taylor` mapped by W_in, b_in;
     its remainder ball is left out) and a remainder that is second order only in a scalar.
@@ -146,10 +147,10 @@ def ln_preact_bounds(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.nd
     bounded by an interval: l_j by the linear part's bounds minus v_j, sigma by :func:`sigma_range`.
     Unlike the Taylor set's remainder ball this loses nothing along y* (LayerNorm is nearly scale
     invariant, and the set of a residual under attention to free tokens spreads mostly along y*).
+    ``f``: the factors (:func:`preact_factors`) when already computed.
     """
-    lin = _linear_part(e, P)
-    lin_lo, lin_hi = lin.coord_bounds()
-    f = _preact_factors(e, W_in, b_in)
+    lin_lo, lin_hi = _linear_part(e, P).coord_bounds()
+    f = preact_factors(e, W_in, b_in) if f is None else f
     l_lo, _ = sum_bounds([lin_lo, -f.v_hi])
     _, l_hi = sum_bounds([lin_hi, -f.v_lo])
     m_lo, m_hi = mul_bounds(l_lo, l_hi, np.full_like(l_lo, f.q_lo), np.full_like(l_hi, f.q_hi))
@@ -178,7 +179,8 @@ class PreactFactors:
     t: float
 
 
-def _preact_factors(e: LNExpansion, W_in: np.ndarray, b_in: np.ndarray) -> PreactFactors:
+def preact_factors(e: LNExpansion, W_in: np.ndarray, b_in: np.ndarray) -> PreactFactors:
+    """The interval factors of the pre-activations p = LN(x) W_in + b_in, from the expansion ``e``."""
     Y, ys, d, w, b = e.Y, e.ys, e.Y.d, e.w, e.b
     A = w[:, None] * W_in
     at = ys @ A
@@ -199,7 +201,8 @@ def _preact_factors(e: LNExpansion, W_in: np.ndarray, b_in: np.ndarray) -> Preac
     return PreactFactors(v_lo, v_hi, c_lo, c_hi, q_lo, q_hi, t)
 
 
-def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray) -> AffineSet:
+def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarray,
+                  f: PreactFactors | None = None) -> AffineSet:
     """A set containing every pre-activation vector p = LN(x) W_in + b_in over the set, built from the
     same identity as :func:`ln_preact_bounds` but as a set, so that the neurons stay correlated:
 
@@ -209,19 +212,21 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
     (P without its remainder ball: z = z_c + sum_terms coef M + e, |e| <= box), and q = s0 + delta with
     s0 the midpoint and |delta| <= k. Then
 
-        p = s0 (z - z_c) + [s0 z_c + (1 - s0) v] + delta (z - v) - rho c
-          = s0 (sum coef M + e) + ... + delta (sum coef M) + delta (z_c - v + e) - rho c,
+        p = s0 z + (1 - s0) v + delta (z - v) - rho c
+          = s0 (z_c + sum coef M + e) + (1 - s0) v + delta (z_c - v) + delta (sum coef M) + delta e - rho c,
 
     where the first sum keeps the linear part's term ids (the same coefficients as the residual stream),
+    delta (z_c - v) is one zonotope generator k (z_c - v_mid) (plus k |v - v_mid| in the box),
     delta * (sum coef M) is a fresh copy of every term scaled by k with its coefficient set reflected
     through 0 (:func:`signed_copy`; delta is one scalar for all terms, so independent copies only
-    loosen), and -rho c is one zonotope generator (t/2) c_mid around -(t/2) c_mid plus t |c - c_mid| in
-    the box. The remainder ball of the Taylor set, which projects onto every neuron, is not used: what
-    is left of the second order is the rank-one rho c and the relative spread k of sigma.
+    loosen), delta e goes to the box, and -rho c is one zonotope generator (t/2) c_mid around
+    -(t/2) c_mid plus t |c - c_mid| in the box. The remainder ball of the Taylor set, which projects
+    onto every neuron, is not used: what is left of the second order is the rank-one rho c and the
+    relative spread k of sigma. ``f``: the factors (:func:`preact_factors`) when already computed.
     """
     lin = _linear_part(e, P)
     lin.coord_bounds()  # caches the terms' coordinate deviations, which signed_copy reuses
-    f = _preact_factors(e, W_in, b_in)
+    f = preact_factors(e, W_in, b_in) if f is None else f
     s0 = 0.5 * (f.q_lo + f.q_hi)
     k = float(up(max(f.q_hi - s0, s0 - f.q_lo), 1))
     v_mid = 0.5 * (f.v_lo + f.v_hi)
@@ -251,8 +256,7 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
         terms.append(new)
         box = box + tbox
     terms.append(Term(new_id(), "zono", zg[None, :]))  # delta (z_c - v_mid), |delta| <= k
-    gen = Term(new_id(), "zono", w2[None, :])  # (rho - t/2) c_mid, |rho - t/2| <= t/2
-    terms.append(gen)
+    terms.append(Term(new_id(), "zono", w2[None, :]))  # (rho - t/2) c_mid, |rho - t/2| <= t/2
     box = box + up(U * np.abs(w2))  # fl(half_t c_mid) vs the real product
     return AffineSet(out.center, up(box + TINY, len(extra) + len(terms) + 4), terms)
 
@@ -339,8 +343,9 @@ def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
     ys = 0.5 * (lo + hi)
     nlb = norm_lower_bound(Y, lo, hi, ys)
     big = np.maximum(np.abs(lo), np.abs(hi))
-    nub = min(float(up(np.linalg.norm(big), d + 4)), float(up(float(np.linalg.norm(ys)) + Y.l2_radius(ys), 4)),
-              norm_upper_bound(Y, ys), norm_upper_bound(Y, Y.center))
+    # (|ys| + R_ys)^2 >= 2 sup(y.ys) - |ys|^2 + R_ys^2 (Cauchy-Schwarz), so norm_upper_bound(Y, ys) is the
+    # triangle-inequality bound at its worst
+    nub = min(float(up(np.linalg.norm(big), d + 4)), norm_upper_bound(Y, ys), norm_upper_bound(Y, Y.center))
     s_lo = float(down(math.sqrt(nlb * nlb / d + eps), 8))
     s_hi = float(up(math.sqrt(nub * nub / d + eps), 8))
     return s_lo, s_hi
@@ -412,8 +417,9 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
     if ln is not None:
-        ranges = [ln_preact_bounds(ln, P, W_in, b_in)]
-        P = ln_preact_set(ln, P, W_in, b_in)
+        f = preact_factors(ln, W_in, b_in)
+        ranges = [ln_preact_bounds(ln, P, W_in, b_in, f)]
+        P = ln_preact_set(ln, P, W_in, b_in, f)
         ranges.append(P.coord_bounds())
         for llo, lhi in ranges:
             nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
