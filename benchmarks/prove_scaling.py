@@ -6,7 +6,8 @@ repeated), a one-token suffix (the paper's query token), every free token allowe
 
 Reported per run: wall seconds, CPU seconds of this process (BLAS is kept on one thread by the
 prover, so CPU seconds are what an idle core would take; wall time also counts waiting for a shared
-machine), peak traced memory (numpy allocations, via tracemalloc), the number of cases and the
+machine), peak traced memory (numpy allocations, via tracemalloc, which slows the run by about 30 %;
+the n_fix 1024, n_free 64 goal is timed once more without it), the number of cases and the
 certified margin. Exponents are least-squares slopes of log CPU time against log n_fix (largest
 n_free) and log n_free (largest n_fix).
 
@@ -92,9 +93,11 @@ def main() -> None:
           f" ~ n_free^{slope(*zip(*by_free, strict=True)):.2f} at n_fix={big_fix}")
     mem_fix = [(f, p) for f, fr, _w, _c, p in rows if fr == big_free]
     print(f"peak memory ~ n_fix^{slope(*zip(*mem_fix, strict=True)):.2f} at n_free={big_free}")
-    target = [c for f, fr, _w, c, _p in rows if f == 1024 and fr == 64]
-    if target:
-        print(f"n_fix 1024, n_free 64: {target[0]:.1f} CPU seconds (goal: < 10)")
+    if 1024 in n_fixes and 64 in n_frees:
+        # the goal is about the prover, not about tracemalloc's bookkeeping (~30 % on top): time it bare
+        c0 = time.process_time()
+        prove(model, ids[:1024], 64, suffix=[ids[1024]])
+        print(f"n_fix 1024, n_free 64 without tracemalloc: {time.process_time() - c0:.1f} CPU seconds (goal: < 10)")
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return

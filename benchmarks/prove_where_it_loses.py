@@ -9,9 +9,13 @@ overwhelm-1l, prefix " Haman" (2944) x 256, suffix " unto" (321), next token " t
   own coordinate range, and by the range the prover uses (intersected with the scalar-remainder range
   ``rules.ln_preact_bounds`` and with the pre-activation set ``rules.ln_preact_set``), and the range
   of sigma*/sigma(y) (the spread of the scalar q that both use);
-- for the binding competitor, how much each kind of term of the final set costs (a float diagnostic).
+- for the binding competitor, how much each kind of term of the final set costs (a float diagnostic),
+  and the final LayerNorm's sigma range: its upper end by the triangle inequality |p| + R and the one
+  used (with the inner-product norm bound);
+- with ``--true``, the true worst margin per L by the counterexample search of prove_tightness.py.
 
     python benchmarks/prove_where_it_loses.py          # L = 1..5, about a minute
+    python benchmarks/prove_where_it_loses.py --true --max-l 6   # and the true worst margins
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-fix", type=int, default=256)
     ap.add_argument("--max-l", type=int, default=5)
+    ap.add_argument("--true", action="store_true",
+                    help="also the true worst margin per L (the counterexample search of prove_tightness.py; "
+                         "about a minute per length)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load("overwhelm-1l")
@@ -78,10 +85,24 @@ def main() -> None:
         rules.mlp_set = real_mlp
     print("\nWhere the binding competitor's margin goes: the lower support of (w * (W_U[:, c] - W_U[:, k])) . y "
           "over the centred final residual, per kind of term (before the final LayerNorm's division by sigma)")
-    print(f"{'L':>2} {'k':>5} {'center':>7} {'attention':>10} {'sigma spread':>13} {'rank one':>9} {'ReLU':>8}")
+    print(f"{'L':>2} {'k':>5} {'center':>7} {'attention':>10} {'sigma spread':>13} {'rank one':>9} {'ReLU':>8}"
+          f"  {'final sigma(mid)':>16} {'sigma_hi (|p| + R)':>19} {'sigma_hi (used)':>16}")
     for L, k, sup in parts:
         print(f"{L:>2} {k:>5} {sup['center']:>7.3f} {sup['attention']:>10.3f} {sup['sigma spread']:>13.3f} "
-              f"{sup['rank one']:>9.3f} {sup['ReLU']:>8.3f}")
+              f"{sup['rank one']:>9.3f} {sup['ReLU']:>8.3f}  {sup['sig*']:>16.3f} {sup['sig_hi_tri']:>19.3f} "
+              f"{sup['sig_hi']:>16.3f}")
+    if args.true:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from prove_tightness import attack
+
+        m64, rng = model.double(), np.random.default_rng(0)
+        print("\ntrue worst margin (the least logit[c] - max other found; no counterexample means it is > 0)")
+        for L in range(1, args.max_l + 1):
+            gap, cex = attack(m64, prefix, suffix, c, L, rng, n_starts=3)
+            print(f"{L:>2} {-gap:>8.3f}{'  counterexample ' + str(cex) if cex else ''}", flush=True)
 
 
 def term_supports(X, W, c: int, k: int) -> dict[str, float]:
@@ -91,6 +112,14 @@ def term_supports(X, W, c: int, k: int) -> dict[str, float]:
     a = (W.W_U[:, c] - W.W_U[:, k]) * W.lnf_w
     Y = X.center_coords()
     out = {"center": float(Y.center @ a), "attention": 0.0, "sigma spread": 0.0, "rank one": 0.0, "ReLU": 0.0}
+    # the final LayerNorm's sigma range: the upper end by |p| + R (triangle inequality) and as used
+    lo, hi = Y.coord_bounds()
+    ys = 0.5 * (lo + hi)
+    big = np.maximum(np.abs(lo), np.abs(hi))
+    nub_tri = min(float(np.linalg.norm(big)), float(np.linalg.norm(ys)) + Y.l2_radius(ys))
+    out["sig*"] = float(np.sqrt((ys * ys).mean() + W.eps))  # sigma at the box midpoint
+    out["sig_hi_tri"] = float(np.sqrt(nub_tri**2 / Y.d + W.eps))
+    out["sig_hi"] = rules.sigma_range(Y, W.eps)[1]
     for t in Y.terms:
         lo = float(_exact_support(t, a[:, None], col_norms(a[:, None]))[0][0])
         if t.kind in ("pooled", "block"):
