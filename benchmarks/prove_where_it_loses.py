@@ -76,8 +76,8 @@ def main() -> None:
             counts.clear()
             X, _ = eng.final_set(L, None)
             taylor, used, q_lo, q_hi = counts[-1]
-            default, refined = eng.margins(X, c)
-            every, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
+            default, refined, _ = eng.margins(X, c)
+            every, _, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
             print(f"{L:>2} {default.min():>10.3f} {len(refined):>8} {every.min():>11.3f} {taylor:>18} {used:>16} "
                   f"{f'[{q_lo:.2f}, {q_hi:.2f}]':>19}", flush=True)
             parts.append((L, int(np.argmin(every)), term_supports(X, W, c, int(np.argmin(every)))))

@@ -156,8 +156,8 @@ def test_default_refinement_reaches_the_refine_all_minimum():
     V = model.cfg.d_vocab
     X, _ = Engine(W, prefix, suffix, np.arange(V), Options()).final_set(2, None)
     eng = Engine(W, prefix, suffix, np.arange(V), Options())
-    default, _ = eng.margins(X, c)
-    every, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
-    first, _ = Engine(W, prefix, suffix, np.arange(V), Options(max_rounds=0)).margins(X, c)
+    default, _, _ = eng.margins(X, c)
+    every, _, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
+    first, _, _ = Engine(W, prefix, suffix, np.arange(V), Options(max_rounds=0)).margins(X, c)
     assert default.min() == pytest.approx(every.min(), rel=1e-9, abs=1e-12)  # batch-size rounding only
     assert first.min() < default.min() - 0.1

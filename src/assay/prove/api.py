@@ -25,7 +25,7 @@ from assay.prove.engine import CaseResult, Engine, Options
 from assay.prove.weights import CANONICAL_HASH_DOC, extract, model_sha256, state_dict_sha256
 
 FORMAT = "assay-overwhelm-certificate/1"
-METHOD = "affine-lambda/3"
+METHOD = "affine-lambda/4"
 # Numbers written into a certificate are loosened by this much so that the checker, which recomputes
 # them in ball arithmetic, finds them valid; it also rejects any number further than CHECK_TOL away.
 REL_SLACK = 1e-7
@@ -209,6 +209,7 @@ def _prove(model, prefix, n_free, suffix, allowed, options, _stop_early) -> Prov
             "worst": r.worst,
             "refine": [int(k) for k in r.refined],
             "lambda_max": [_loosen_up(x) for x in r.lambdas],
+            "alpha": r.alpha,
         }
         for r in cases
     ]

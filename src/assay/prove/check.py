@@ -39,11 +39,14 @@ from flint import arb, arb_mat
 FORMAT = "assay-overwhelm-certificate/1"
 # Method versions this checker re-derives (certificates of earlier assay versions still check):
 # /2 added the MLP pre-activation ranges from LayerNorm's linear part (ln_preact_bounds); /3 the
-# pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range.
+# pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range; /4
+# per-competitor ReLU slopes of the last MLP and the tangent bound of the final LayerNorm (evidence
+# "alpha" in the case records, :meth:`Checker.alpha_margin`).
 METHODS = {
     "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
     "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
     "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True},
+    "affine-lambda/4": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -690,13 +693,16 @@ def gelu(p: arb) -> arb:
     return p * (ONE + (p / arb(2).sqrt()).erf()) / 2
 
 
-def relax(lo: arb, hi: arb, act: str) -> tuple[arb, arb, arb]:
-    """(a, b, mu) exact arbs with |act(p) - a p - b| <= mu on [lo, hi]."""
+def relax(lo: arb, hi: arb, act: str, slope: float | None = None) -> tuple[arb, arb, arb]:
+    """(a, b, mu) exact arbs with |act(p) - a p - b| <= mu on [lo, hi]; ``slope`` (ReLU, a neuron whose
+    range crosses 0): that slope in [0, 1] in place of the chord's."""
     if act == "relu":
         if lo >= 0:
             a = ONE
         elif hi <= 0:
             a = ZERO
+        elif slope is not None:
+            a = _f(slope)
         else:
             a = _f(_mid(hi / (hi - lo)))
         # relu(p) - a p is piecewise linear with its kink at 0: extremes at lo, hi and (if inside) 0.
@@ -735,6 +741,12 @@ def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bo
     ranges are then the intersection with :func:`ln_preact_bounds`. ``preact_set`` (method /3): the
     linear part is :func:`ln_preact_set` (its ranges intersected too) instead of the Taylor set;
     ``norm_ub`` (/3): the sigma range uses the inner-product norm bound."""
+    P, lo, hi = preacts(X, lw, ln, preact_set, norm_ub)
+    return mlp_out(P, lo, hi, lw, act)
+
+
+def preacts(X: CSet, lw: dict, ln: tuple | None, preact_set: bool, norm_ub: bool) -> tuple[CSet, list, list]:
+    """(P, lo, hi): the pre-activation set and the relaxation's ranges (see :func:`mlp_set`)."""
     P = X.affine(lw["W_in"], lw["|W_in|"], lw["b_in"])
     lo, hi = P.coord_bounds()
     if ln is not None:
@@ -748,6 +760,11 @@ def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bo
                 nlo, nhi = _emax([lo[j], plo[j]]), _emin([hi[j], phi[j]])
                 if nlo <= nhi:
                     lo[j], hi[j] = nlo, nhi
+    return P, lo, hi
+
+
+def mlp_out(P: CSet, lo: list, hi: list, lw: dict, act: str) -> CSet:
+    """act(p) W_out + b_out over P with the relaxation on [lo, hi] (one zonotope generator per neuron)."""
     rel = [relax(a, c, act) for a, c in zip(lo, hi, strict=True)]
     H = P.scale([r[0] for r in rel]).shift([r[1] for r in rel])
     out = H.affine(lw["W_out"], lw["|W_out|"], lw["b_out"])
@@ -766,6 +783,38 @@ def mlp_set(X: CSet, lw: dict, act: str, ln: tuple | None = None, preact_set: bo
         Z = arb_mat([[rel[i][2] * x for x in Wt[i]] for i in rows])
         out.terms.append(CTerm(next(_ids), "zono", Z))
     return out
+
+
+def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict) -> arb:
+    """A lower bound (exact arb) of F . C x over every final residual x (C the centring), where x = mid +
+    relu(p) W_out + b_out with p in P: each neuron's relu(p) lies in a p + b + [-mu, mu] (:func:`relax`,
+    with ``slopes[n]`` on the neurons whose range crosses 0), so F . C x is a linear functional of the
+    coefficients of mid and P (which share term ids) plus intervals; its minimum is the sum of the
+    supports. ``last`` = (mid, P, lo, hi)."""
+    mid, P, lo, hi = last
+    d = len(F)
+    mean = sum(F, ZERO) / d
+    g = [f - mean for f in F]  # C is symmetric: F . C x = (C F) . x
+    w = (lw["W_out"] * arb_mat([[x] for x in g])).entries()
+    rel = [relax(a, c, "relu", slopes.get(n)) for n, (a, c) in enumerate(zip(lo, hi, strict=True))]
+    sw = [r[0] * x for r, x in zip(rel, w, strict=True)]
+    val = sum((c * x - b * abs(x) for c, b, x in zip(mid.center, mid.box, g, strict=True)), ZERO)
+    val += sum((b * x for b, x in zip(lw["b_out"], g, strict=True)), ZERO)
+    val += sum(((c * r[0] + r[1]) * x - b * abs(y) - r[2] * abs(x)
+                for c, b, r, x, y in zip(P.center, P.box, rel, w, sw, strict=True)), ZERO)
+    gm, swm = arb_mat([[x] for x in g]), arb_mat([[x] for x in sw])
+    terms: dict = {}
+    for t in mid.terms:
+        terms[t.id] = [t, t.M * gm]
+    for t in P.terms:
+        if t.id in terms:
+            terms[t.id][1] = terms[t.id][1] + t.M * swm
+        else:
+            terms[t.id] = [t, t.M * swm]
+    one = arb_mat([[ONE]])
+    for t, x in terms.values():
+        val += t.with_M(x).support(one, exact=True)[0][0]
+    return _lo(val)
 
 
 def rope(positions: list[int], rotary_dim: int, base: float) -> list[tuple[list, list]]:
@@ -850,9 +899,10 @@ class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
-                 preact_set: bool = True, norm_ub: bool = True):
+                 preact_set: bool = True, norm_ub: bool = True, alpha: bool = False):
         cfg = model.cfg
         self.cfg = cfg
+        self.alpha = alpha
         self.ln_preact = ln_preact
         self.preact_set = preact_set
         self.norm_ub = norm_ub
@@ -1123,18 +1173,23 @@ class Checker:
         else:
             q = [qh[0] for qh in self._proj_sets(layer, X, position, ("Q",))["Q"]]
         attn, lams = self._attention(layer, q, position, others, self.n_fix if n_anchor is None else n_anchor)
-        out = self._finish(layer, X, attn)
+        out = self._finish(layer, X, attn, keep=final)
         return (out if final else _tidy(out)), lams
 
-    def _finish(self, layer: int, X: CSet, attn: CSet) -> CSet:
+    def _finish(self, layer: int, X: CSet, attn: CSet, keep: bool = False) -> CSet:
+        """``keep`` (method /4, ReLU): remember (mid, P, lo, hi) of the MLP on the result."""
         lw = self.layers[layer]
         mid = X.add(attn)
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
-        return mid.add(mlp_set(xn, lw, self.act, expansion if self.ln_preact else None, self.preact_set,
-                               self.norm_ub))
+        P, lo, hi = preacts(xn, lw, expansion if self.ln_preact else None, self.preact_set, self.norm_ub)
+        out = mid.add(mlp_out(P, lo, hi, lw, self.act))
+        if keep and self.alpha and self.act == "relu":
+            out.last_mlp = (mid, P, lo, hi)
+            out.last_layer = layer
+        return out
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
@@ -1150,7 +1205,7 @@ class Checker:
             X = CSet.point(self.anchor_resid[layer][p])
             q = [self.anchor_kv[layer]["Q"][h][p] for h in range(self.h)]
             attn, lams = self._attention(layer, q, p, [], self.n_fix)
-            return self._finish(layer, X, attn), lams
+            return self._finish(layer, X, attn, keep=True), lams
         positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
         X = [CSet.point(self._embed(t, p)) for t, p in zip(tail, positions, strict=True)]
         lams = []
@@ -1163,12 +1218,11 @@ class Checker:
                                                  final=layer == nl - 1)
         return X[-1], lams
 
-    def margins(self, X: CSet, c: int, refine: list[int]) -> list[arb]:
-        """Lower bounds (exact arbs) of logit[c] - logit[k]; None at k = c."""
-        A_np = self.W_U[:, [c]] - self.W_U
+    def margins(self, X: CSet, c: int, refine: list[int], alpha: list[dict] | None = None) -> list[arb]:
+        """Lower bounds (exact arbs) of logit[c] - logit[k]; None at k = c. ``alpha``: per-competitor
+        slopes (method /4, validated by :func:`check`): {"k", "path", "slopes": [[neuron, slope], ...]}."""
         A = arb_mat([[_f(self.W_U[i, c]) - _f(self.W_U[i, k]) for k in range(self.W_U.shape[1])]
                      for i in range(self.W_U.shape[0])])
-        del A_np
         bd = [_f(self.b_U[c]) - _f(x) for x in self.b_U]
         if self.lnf is None:
             paths = [(X, A, bd, None)]
@@ -1187,8 +1241,41 @@ class Checker:
                 lo = [_lo(x / sig[1]) if x >= 0 else _lo(x / sig[0]) for x in lo]
             val = [_lo(x + y) for x, y in zip(lo, beta, strict=True)]
             best = val if best is None else [_emax([x, y]) for x, y in zip(best, val, strict=True)]
+        if alpha:
+            last = getattr(X, "last_mlp", None)
+            if last is None or self.lnf is None:
+                raise CertificateError("per-competitor slopes given, but the model has no final ReLU MLP "
+                                       "and final LayerNorm")
+            lw = self.layers[X.last_layer]
+            for ev in alpha:
+                k = ev["k"]
+                F = [Aw[i, k] for i in range(Aw.nrows())]
+                beta = bb[k] + bd[k]
+                val = self.alpha_margin(last, lw, Y, F, beta, (s_lo, s_hi), ev["path"], dict(ev["slopes"]))
+                best[k] = _emax([best[k], val])
         best[c] = None
         return best
+
+    def alpha_margin(self, last: tuple, lw: dict, Y: CSet, F: list, beta: arb, sig: tuple, path: str,
+                     slopes: dict) -> arb:
+        """A lower bound of (F . y) / sigma(y) + beta over the centred final residuals y, from
+        :func:`slopes_lower`. "quot": min(F . y) / sigma_(hi or lo) + beta. "tan": sigma(y) >= u . y + c0
+        with u = ys / (d S), c0 = eps / S, S >= sigma(ys) (Cauchy-Schwarz: |(u sqrt d, c0 / sqrt eps)| <= 1),
+        so for beta >= beta_lo > 0, F . y + beta sigma(y) >= (F + beta_lo u) . y + beta_lo c0 =: N and the
+        margin (F . y + beta sigma) / sigma is at least N / sigma_hi (N >= 0) or N / sigma_lo."""
+        if path == "quot":
+            lo = slopes_lower(last, lw, F, slopes)
+            return _lo((lo / sig[1] if lo >= 0 else lo / sig[0]) + beta)
+        beta_lo = _lo(beta)
+        if not beta_lo > 0:
+            return arb("-inf")
+        blo, bhi = Y.coord_bounds()
+        ys = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(blo, bhi, strict=True)]
+        d = len(ys)
+        S = _up((sum((y * y for y in ys), ZERO) / d + self.eps).sqrt())
+        F2 = [f + beta_lo * y / (d * S) for f, y in zip(F, ys, strict=True)]
+        N = slopes_lower(last, lw, F2, slopes) + beta_lo * self.eps / S
+        return _lo(N / sig[1]) if N >= 0 else _lo(N / sig[0])
 
 
 # =========================================================================================== check
@@ -1224,6 +1311,40 @@ def _ids_list(name: str, v, d_vocab: int, allow_empty: bool) -> list[int]:
 
 def _close(claimed: float, exact: arb) -> bool:
     return abs(claimed - _mid(exact)) <= TOL * (1.0 + abs(claimed))
+
+
+def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
+    """The case's per-competitor slopes (method /4): a list of {"k", "path", "slopes"} with distinct
+    competitors k != c, path "quot" or "tan", and [neuron, slope] pairs with distinct neurons and
+    0 <= slope <= 1 (any such slope is sound, so nothing else needs checking)."""
+    where = f"case {rec['L'], rec['last']}"
+    if not allowed:
+        if rec.get("alpha", []) != []:
+            _fail(f"{where}: per-competitor slopes are not part of this method")
+        return
+    ev = rec.get("alpha")
+    if not isinstance(ev, list):
+        _fail(f"{where}: missing or bad per-competitor slopes ('alpha')")
+    if ev and (cfg.attn_only or cfg.act_fn != "relu" or cfg.normalization_type != "LN"):
+        _fail(f"{where}: per-competitor slopes need a ReLU MLP and a final LayerNorm")
+    seen = set()
+    for e in ev:
+        if not isinstance(e, dict) or set(e) != {"k", "path", "slopes"}:
+            _fail(f"{where}: bad per-competitor slope record")
+        k = e["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V or k == c or k in seen:
+            _fail(f"{where}: bad competitor in the slopes")
+        seen.add(k)
+        if e["path"] not in ("quot", "tan"):
+            _fail(f"{where}: unknown slope path {e['path']!r}")
+        sl = e["slopes"]
+        if not isinstance(sl, list) or any(
+                not isinstance(p, list) or len(p) != 2 or isinstance(p[0], bool) or not isinstance(p[0], int)
+                or not 0 <= p[0] < cfg.d_mlp or isinstance(p[1], bool) or not isinstance(p[1], (int, float))
+                or not 0.0 <= p[1] <= 1.0 for p in sl):
+            _fail(f"{where}: slopes must be [neuron, value] pairs with 0 <= value <= 1")
+        if len({p[0] for p in sl}) != len(sl):
+            _fail(f"{where}: a neuron has two slopes")
 
 
 def check(certificate: Any, model) -> bool:
@@ -1320,6 +1441,7 @@ def check(certificate: Any, model) -> bool:
         if not isinstance(ref, list) or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V
                                             or k == c for k in ref) or ref != sorted(set(ref)):
             _fail(f"case {rec['L'], rec['last']}: bad refine list")
+        _check_alpha(rec, METHODS[method["name"]].get("alpha", False), V, c, cfg)
         lam = rec["lambda_max"]
         if not isinstance(lam, list) or len(lam) != cfg.n_heads or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in lam):
@@ -1337,7 +1459,7 @@ def check(certificate: Any, model) -> bool:
         for claimed, lam in zip(rec["lambda_max"], lams, strict=True):
             if not (arb(float(claimed)) >= _up(lam)) or not _close(float(claimed), lam):
                 _fail(f"{where}: claimed lambda_max {claimed} does not match the recomputed {_float_up(lam)}")
-        ms = chk.margins(X, c, rec["refine"])
+        ms = chk.margins(X, c, rec["refine"], rec.get("alpha") or None)
         worst_k, worst = None, None
         for k, m in enumerate(ms):
             if m is None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assay.prove import rules
+from assay.prove import rules, slopes
 from assay.prove.affine import EXACT_REL, AffineSet
 from assay.prove.fp import U, col_norms, gamma, sum_bounds, up
 from assay.prove.weights import ModelWeights
@@ -49,6 +49,21 @@ def _finite_set(X: AffineSet) -> bool:
     """Every number of the set is finite."""
     arrs = [X.center, X.box] + [a for t in X.terms for a in (t.M, t.V, t.vlo, t.vhi) if a is not None]
     return all(bool(np.isfinite(a).all()) for a in arrs)
+
+
+def _box_mid(Y: AffineSet) -> tuple[np.ndarray]:
+    """(the midpoint of Y's bounding box,): the tangent point of the final LayerNorm's sigma."""
+    lo, hi = Y.coord_bounds()
+    return (0.5 * (lo + hi),)
+
+
+def _slope_vector(X: AffineSet, ev: dict) -> np.ndarray:
+    """The slopes of an evidence record as a vector over the last MLP's neurons (NaN: default)."""
+    s = np.full(len(X.last_mlp.lo), np.nan)
+    for n, v in ev["slopes"]:
+        s[n] = v
+    a0, _, _ = rules.relax_activation(X.last_mlp.lo, X.last_mlp.hi, "relu")
+    return np.where(np.isnan(s), a0, s)
 
 
 @dataclass
@@ -73,6 +88,7 @@ class CaseResult:
     margins: np.ndarray  # lower bounds of logit[c] - logit[k], k over all tokens (inf at c)
     refined: list[int]
     lambdas: list[float]  # final layer, last position, per head
+    alpha: list[dict] = field(default_factory=list)  # per-competitor slopes (evidence, see Engine.margins)
     margin: float = field(init=False)
     worst: int = field(init=False)
 
@@ -90,9 +106,14 @@ class Options:
     n_refine: int = 8  # always evaluate the exact support for this many worst competitors
     max_refine: int = 32  # at most this many non-positive competitors get exact evaluations per case
     max_rounds: int | None = None  # rounds refining competitors at or below the minimum (None: until none left)
+    # Per-competitor ReLU slopes and the tangent bound (slopes.py) for at most this many competitors of
+    # a case the bound above does not prove (0: off; ReLU models only).
+    max_alpha: int = 128
+    alpha_below: float = 0.0  # ... when the case's least margin is at or below this (1e9: every case)
 
     def to_dict(self) -> dict:
-        return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds}
+        return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds,
+                "max_alpha": self.max_alpha, "alpha_below": self.alpha_below}
 
 
 class Engine:
@@ -328,7 +349,7 @@ class Engine:
             C, B = self._proj_sets(layer, X, position, ("Q",))["Q"]
             q, qbox = C[:, 0, :], B[:, 0, :]
         attn, lams = self._attention(layer, q, qbox, position, others, self.n_fix if n_anchor is None else n_anchor)
-        out = self._finish(layer, X, attn)
+        out = self._finish(layer, X, attn, keep=final)
         return (out if final else _tidy(out)), lams
 
     # ------------------------------------------------------------------ cases
@@ -352,7 +373,7 @@ class Engine:
             qkv = self.anchor_kv[layer]["Q"]
             q, qbox = qkv[0][:, p, :], qkv[1][:, p, :]
             attn, lams = self._attention(layer, q, qbox, p, [], self.n_fix)
-            out = self._finish(layer, Xs[0], attn)
+            out = self._finish(layer, Xs[0], attn, keep=True)
             return out, lams
         positions = [self.n_fix + n_free_pos + j for j in range(len(tail))]
         x, xerr = self._embed(np.array(tail), np.array(positions))
@@ -368,16 +389,23 @@ class Engine:
                     X[j] = out
         return X[-1], lams
 
-    def _finish(self, layer: int, X: AffineSet, attn: AffineSet) -> AffineSet:
+    def _finish(self, layer: int, X: AffineSet, attn: AffineSet, keep: bool = False) -> AffineSet:
+        """The residual after the layer's MLP; ``keep``: remember the MLP's pieces on the result
+        (``last_mlp``, for the per-competitor slopes of :meth:`margins`; ReLU only)."""
         lw = self.W.layers[layer]
         mid = X.add(attn)
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
         xn, expansion = rules.ln_taylor(src, lw.ln2_w, lw.ln2_b, self.W.eps)
-        return mid.add(rules.mlp_set(xn, lw.W_in, lw.b_in, lw.W_out, lw.b_out, self.act, expansion))
+        P, lo, hi = rules.preact_set(xn, lw.W_in, lw.b_in, expansion)
+        out = mid.add(rules.mlp_from_preacts(P, lo, hi, lw.W_out, lw.b_out, self.act))
+        if keep and self.act == "relu" and self.opts.max_alpha > 0:
+            out.last_mlp = slopes.LastMLP(mid, P, lo, hi, lw.W_out, lw.b_out)
+        return out
 
-    def margins(self, X: AffineSet, c: int, refine: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    def margins(self, X: AffineSet, c: int, refine: list[int] | None = None,
+                alpha: list[dict] | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
         """Lower bounds of logit[c] - logit[k] for every k (inf at k = c), X the final residual's set
         (before the final LayerNorm), and the refined competitors the least margin needs (their cheap
         bound is at or below it).
@@ -389,22 +417,13 @@ class Engine:
         margin, until none is left (the least margin is then the refine-all one) or a refined k is <= 0.
         """
         W = self.W
-        WU, bU = W.W_U, W.b_U
-        A = WU[:, [c]] - WU  # exact up to Aerr
-        Aerr = up(U * np.abs(A), 1)
-        bd = bU[c] - bU
-        bderr = up(U * np.abs(bd), 1)
+        A, Aerr, bd, bderr, Aw, Awerr, bb, bberr = self._unembed_differences(c)
         if W.lnf_w is None:
             paths = [(X, A, Aerr, bd, bderr, None)]
         else:
             Z = rules.ln_set(X, W.lnf_w, W.lnf_b, W.eps)
             Y = X.center_coords()
             s_lo, s_hi = rules.sigma_range(Y, W.eps)
-            Aw = W.lnf_w[:, None] * A
-            Awerr = up(U * np.abs(Aw) + np.abs(W.lnf_w)[:, None] * Aerr, 2)
-            bb = W.lnf_b @ A
-            bberr = up(gamma(len(W.lnf_b)) * float(np.linalg.norm(W.lnf_b)) * col_norms(A) + np.abs(W.lnf_b) @ Aerr
-                       + U * np.abs(bb + bd), len(W.lnf_b) + 4)
             paths = [(Z, A, Aerr, bd, bderr, None), (Y, Aw, Awerr, bb + bd, bberr + bderr, (s_lo, s_hi))]
 
         def evaluate(cols):
@@ -430,10 +449,13 @@ class Engine:
 
         cheap = evaluate(None)
         if refine is not None:
-            if not refine:
-                return cheap, []
-            ex = np.array(refine, dtype=np.int64)
-            return np.maximum(cheap, evaluate(ex)), list(refine)
+            out = cheap if not refine else np.maximum(cheap, evaluate(np.array(refine, dtype=np.int64)))
+            if alpha:
+                for ev in alpha:
+                    k = ev["k"]
+                    out[k] = max(out[k], self._alpha_bound(X, Y, ev["path"], Aw[:, k], Awerr[:, k], bb[k] + bd[k],
+                                                           bberr[k] + bderr[k], (s_lo, s_hi), _slope_vector(X, ev))[0])
+            return out, list(refine), list(alpha or [])
         # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
         # when none is left, the minimum equals the one with every competitor refined. A refined
@@ -453,21 +475,114 @@ class Engine:
                 break
             best = np.maximum(best, evaluate(more))
             refined[more] = True
+        # Method /4: when that does not prove the case, the least competitors get their own ReLU slopes
+        # and the tangent bound (slopes.py), one at a time, refining any competitor that becomes the least,
+        # until the least one has had its slopes (its bound is then final) or max_alpha is spent.
+        rec = getattr(X, "last_mlp", None)
+        treated: dict[int, dict | None] = {}
+        before = best.copy()  # each competitor's bound without slopes
+        if rec is not None and W.lnf_w is not None and best.min() <= self.opts.alpha_below:
+            while len(treated) < self.opts.max_alpha:
+                k = int(np.argmin(best))
+                if not refined[k]:
+                    best[k] = max(best[k], evaluate(np.array([k]))[k])
+                    before[k] = best[k]
+                    refined[k] = True
+                    continue
+                if k in treated:
+                    break
+                val, ev = self._best_alpha(X, Y, rec, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k],
+                                           (s_lo, s_hi))
+                treated[k] = ev if val > best[k] else None
+                best[k] = max(best[k], val)
         # Evidence for the checker: only the refined competitors whose cheap bound does not already
         # clear the least margin need their exact support re-derived (the slack covers the checker's
-        # own, differently rounded, cheap bounds).
+        # own, differently rounded, cheap bounds); of those, the ones whose slopes raised them above it
+        # carry the slopes instead.
         low = best.min()
-        needed = refined & (cheap <= low + 1e-6 * (1.0 + abs(low)))
-        return best, np.flatnonzero(needed).tolist()
+        slack = 1e-6 * (1.0 + abs(low))
+        evidence = [dict(treated[k], k=k) for k in sorted(treated)
+                    if treated[k] is not None and before[k] <= low + slack]
+        with_slopes = np.zeros(len(cheap), dtype=bool)
+        with_slopes[[e["k"] for e in evidence]] = True
+        needed = refined & (cheap <= low + slack) & ~with_slopes
+        return best, np.flatnonzero(needed).tolist(), evidence
 
-    def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None) -> CaseResult:
+    def _alpha_bound(self, X: AffineSet, Y: AffineSet, path: str, F, Ferr, beta: float, betaerr: float,
+                     sig: tuple[float, float], s: np.ndarray) -> tuple[float, bool]:
+        """Lower bound of the margin against one competitor from the set with slopes ``s`` (slopes.py):
+        F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta = b . (W_U[:, c] - W_U[:, k]) + db_U within
+        betaerr, sig the sigma range of the centred final residual. ``path``: "quot" (the quotient
+        bound) or "tan" (the tangent bound, beta > 0 only). Returns (bound, usable)."""
+        Ya = slopes.set_with_slopes(X.last_mlp, s).center_coords()
+        beta_lo = float(sum_bounds([np.array([beta]), -np.array([betaerr])])[0][0])
+        if path == "quot":
+            lo = slopes.functional_lower(Ya, F, Ferr)
+            q = np.nextafter(lo / (sig[1] if lo >= 0 else sig[0]), -np.inf)
+            return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0]), True
+        tg = slopes.tangent(*_box_mid(Y), self.W.eps) if beta_lo > 0 else None
+        if tg is None:
+            return -np.inf, False
+        u, c0 = tg
+        F2, F2err = slopes.with_tangent(F, Ferr, beta_lo, u)
+        N = float(sum_bounds([np.array([slopes.functional_lower(Ya, F2, F2err)]),
+                              np.array([np.nextafter(beta_lo * c0, -np.inf)])])[0][0])
+        return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf)), True
+
+    def _unembed_differences(self, c: int):
+        """A = W_U[:, c] - W_U[:, k] per column and bd = b_U[c] - b_U (floats within Aerr, bderr of the
+        exact numbers) and, with a final LayerNorm (w, b), Aw = w * A and bb = b . A within Awerr, bberr."""
+        W = self.W
+        A = W.W_U[:, [c]] - W.W_U
+        Aerr = up(U * np.abs(A), 1)
+        bd = W.b_U[c] - W.b_U
+        bderr = up(U * np.abs(bd), 1)
+        if W.lnf_w is None:
+            return A, Aerr, bd, bderr, None, None, None, None
+        Aw = W.lnf_w[:, None] * A
+        Awerr = up(U * np.abs(Aw) + np.abs(W.lnf_w)[:, None] * Aerr, 2)
+        bb = W.lnf_b @ A
+        bberr = up(gamma(len(W.lnf_b)) * float(np.linalg.norm(W.lnf_b)) * col_norms(A) + np.abs(W.lnf_b) @ Aerr
+                   + U * np.abs(bb + bd), len(W.lnf_b) + 4)
+        return A, Aerr, bd, bderr, Aw, Awerr, bb, bberr
+
+    def alpha_margins(self, X: AffineSet, c: int, ks) -> np.ndarray:
+        """The per-competitor-slopes bound (the better of its two paths) of logit[c] - logit[k] for each k
+        in ks, X the final residual's set from :meth:`final_set` (ReLU models with a final LayerNorm)."""
+        _, _, bd, bderr, Aw, Awerr, bb, bberr = self._unembed_differences(c)
+        Y = X.center_coords()
+        sig = rules.sigma_range(Y, self.W.eps)
+        return np.array([self._best_alpha(X, Y, X.last_mlp, Aw[:, k], Awerr[:, k], bb[k] + bd[k],
+                                          bberr[k] + bderr[k], sig)[0] for k in ks])
+
+    def _best_alpha(self, X, Y, rec, F, Ferr, beta, betaerr, sig) -> tuple[float, dict]:
+        """The better of the quotient and tangent bounds, each with slopes chosen for its own functional;
+        the evidence names the path and the slopes of the crossing neurons."""
+        best_val, best_ev = -np.inf, None
+        cross = np.flatnonzero(rec.crossing())
+        for path in ("quot", "tan"):
+            Fp = F
+            if path == "tan":
+                tg = slopes.tangent(*_box_mid(Y), self.W.eps)
+                if tg is None or not beta - betaerr > 0:
+                    continue
+                Fp = F + (beta - betaerr) * tg[0]
+            s = slopes.choose_slopes(rec, Fp)
+            val, ok = self._alpha_bound(X, Y, path, F, Ferr, beta, betaerr, sig, s)
+            if ok and val > best_val:
+                best_val = val
+                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in cross]}
+        return best_val, best_ev
+
+    def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None,
+             alpha: list[dict] | None = None) -> CaseResult:
         X, lams = self.final_set(L, last)
-        m, ref = self.margins(X, c, refine)
+        m, ref, ev = self.margins(X, c, refine, alpha)
         if not _finite_set(X):
             # Overflowed bounds (inf/NaN in the set) certify nothing; NaN can vanish in comparisons.
             m = np.full_like(m, -np.inf)
             m[c] = np.inf
-        return CaseResult(L, last, m, ref, lams)
+        return CaseResult(L, last, m, ref, lams, ev)
 
     def reference_logits(self) -> tuple[np.ndarray, np.ndarray]:
         """Logit bounds (lo, hi) at the last position of s + q (L = 0)."""

@@ -362,12 +362,19 @@ def _gelu_err(p: np.ndarray, g: np.ndarray) -> np.ndarray:
     return up(0.5 * np.abs(p) * (ABS_ERF + 3 * U * np.abs(p) + 3 * U) + 3 * U * np.abs(g), 4)
 
 
-def relax_activation(lo: np.ndarray, hi: np.ndarray, act: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slopes a, offsets b, half-widths mu with |act(p) - a p - b| <= mu for every real p in [lo, hi]."""
+def relax_activation(lo: np.ndarray, hi: np.ndarray, act: str, slopes: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slopes a, offsets b, half-widths mu with |act(p) - a p - b| <= mu for every real p in [lo, hi].
+
+    ``slopes`` (ReLU only): the slope of each neuron whose range crosses 0 (clipped to [0, 1]; the
+    bound holds for any slope there) in place of the chord slope hi / (hi - lo).
+    """
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     if act == "relu":
         a = np.where(lo >= 0, 1.0, np.where(hi <= 0, 0.0, hi / np.where(hi > lo, hi - lo, 1.0)))
+        if slopes is not None:
+            a = np.where((lo < 0) & (hi > 0), slopes, a)
         a = np.clip(a, 0.0, 1.0)
         # h(p) = relu(p) - a p is convex and piecewise linear with its kink at 0: extremes at lo, 0, hi.
         h_lo = np.where(lo >= 0, (1 - a) * lo, -a * lo)
@@ -414,6 +421,14 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
     uses the intersection of three ranges that each hold every true pre-activation: the Taylor set's,
     :func:`ln_preact_bounds` and that set's own.
     """
+    P, lo, hi = preact_set(X, W_in, b_in, ln)
+    return mlp_from_preacts(P, lo, hi, W_out, b_out, act)
+
+
+def preact_set(X: AffineSet, W_in, b_in, ln: LNExpansion | None = None,
+               ) -> tuple[AffineSet, np.ndarray, np.ndarray]:
+    """(P, lo, hi): a set P holding every pre-activation x W_in + b_in over X, and per-neuron ranges
+    [lo, hi] holding them too (see :func:`mlp_set` for ``ln``)."""
     P = X.affine(W_in, b_in)
     lo, hi = P.coord_bounds()
     if ln is not None:
@@ -425,7 +440,14 @@ def mlp_set(X: AffineSet, W_in, b_in, W_out, b_out, act: str,
             nlo, nhi = np.maximum(lo, llo), np.minimum(hi, lhi)
             ok = nlo <= nhi  # always, unless a bound is wrong; then keep the set's own range
             lo, hi = np.where(ok, nlo, lo), np.where(ok, nhi, hi)
-    a, b, mu = relax_activation(lo, hi, act)
+    return P, lo, hi
+
+
+def mlp_from_preacts(P: AffineSet, lo: np.ndarray, hi: np.ndarray, W_out, b_out, act: str,
+                     slopes: np.ndarray | None = None) -> AffineSet:
+    """A set containing act(p) W_out + b_out for every p in P with lo <= p <= hi: the relaxation of
+    :func:`relax_activation` (with its ``slopes``), one zonotope generator per inexact neuron."""
+    a, b, mu = relax_activation(lo, hi, act, slopes)
     H = P.scale(a).shift(b)
     out = H.affine(W_out, b_out)
     # Relaxation errors of rounding size go to the box; the others are the zonotope's generators.

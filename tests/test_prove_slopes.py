@@ -1,0 +1,183 @@
+"""Method /4: per-competitor ReLU slopes of the last MLP and the tangent bound of the final LayerNorm.
+
+Ground truth: sampling (the relaxation, the tangent inequality) and enumeration of every string of a
+case on tiny models (each competitor's bound against its true least logit difference); the checker's
+independent derivation (arb, a functional rather than a set) against the prover's.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from assay.prove import CertificateError, check, prove, rules, slopes
+from assay.prove.api import digest, reference_token
+from assay.prove.engine import Engine, Options
+from assay.prove.toy import toy_model
+from assay.prove.weights import extract
+
+
+def test_relaxation_holds_for_any_slope_on_crossing_neurons():
+    rng = np.random.default_rng(0)
+    lo = -rng.uniform(0.01, 3, 400)
+    hi = rng.uniform(0.01, 3, 400)
+    s = rng.uniform(-0.5, 1.5, 400)  # clipped to [0, 1]
+    a, b, mu = rules.relax_activation(lo, hi, "relu", s)
+    assert np.array_equal(a, np.clip(s, 0, 1))
+    p = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, 257)[None, :]
+    p = np.concatenate([p, np.zeros((400, 1))], axis=1)
+    gap = np.abs(np.maximum(p, 0) - a[:, None] * p - b[:, None])
+    assert (gap <= mu[:, None] + 1e-12).all()  # the test's own rounding
+    # slope 0 or 1 on a crossing neuron: the lower edge of the relaxation is relu's own lower bound
+    for v in (0.0, 1.0):
+        a, b, mu = rules.relax_activation(lo, hi, "relu", np.full(400, v))
+        assert np.allclose(b - mu, 0.0, atol=1e-12)
+    # stable neurons keep their exact slope whatever is asked
+    a, _, mu = rules.relax_activation(np.array([0.5, -2.0]), np.array([1.0, -1.0]), "relu", np.array([0.3, 0.3]))
+    assert a.tolist() == [1.0, 0.0] and (mu < 1e-12).all()
+
+
+def test_tangent_plane_is_below_sigma_everywhere():
+    rng = np.random.default_rng(1)
+    for d, eps in ((16, 1e-5), (128, 1e-5), (8, 0.5)):
+        ys = rng.normal(size=d) * rng.uniform(0.01, 3)
+        u, c0 = slopes.tangent(ys, eps)
+        assert d * float(u @ u) + c0 * c0 / eps <= 1.0
+        Y = np.concatenate([ys[None, :] * rng.uniform(-2, 3, (500, 1)), rng.normal(size=(500, d)) * 5,
+                            ys[None, :] + 1e-3 * rng.normal(size=(500, d))])
+        sig = np.sqrt((Y * Y).sum(axis=1) / d + eps)
+        assert (sig >= Y @ u + c0).all()
+        # tight at the tangent point
+        assert math.isclose(float(ys @ u + c0), math.sqrt(ys @ ys / d + eps), rel_tol=1e-8)
+
+
+def _true_margins(model, prefix, suffix, L, last, allowed, c):
+    """min over the case's strings of logit[c] - logit[k], for every k (float64 forward)."""
+    m64 = copy.deepcopy(model).double().eval()
+    rows = []
+    n_free_pos = L if suffix else L - 1
+    tail = list(suffix) if suffix else ([last] if L >= 1 else [])
+    for t in itertools.product(allowed, repeat=n_free_pos):
+        rows.append(list(prefix) + list(t) + tail)
+    with torch.no_grad():
+        logits = m64(torch.tensor(rows))[:, -1, :].numpy()
+    return (logits[:, [c]] - logits).min(axis=0)
+
+
+@pytest.mark.parametrize("seed,qk,unembed", [(0, 0.3, 1.0), (1, 1.0, 3.0), (2, 0.3, 3.0), (4, 0.5, 2.0)])
+def test_every_competitor_bound_with_slopes_is_below_the_enumerated_truth(seed, qk, unembed):
+    # Each competitor's bound (both paths, slopes chosen for it) against its true least logit
+    # difference over every string of the case; it must also never lose to nothing (finite).
+    model = toy_model(seed, qk=qk, unembed=unembed, positional="rotary")
+    W = extract(model)
+    V = model.cfg.d_vocab
+    rng = np.random.default_rng(seed)
+    n_checked = n_better = 0
+    for _ in range(6):
+        prefix = rng.integers(0, V, size=int(rng.integers(3, 12))).tolist()
+        suffix = rng.integers(0, V, size=1).tolist() if rng.random() < 0.5 else []
+        c = reference_token(model, prefix, suffix)
+        eng = Engine(W, prefix, suffix, np.arange(V), Options())
+        for L in (1, 2):
+            for last in ([None] if suffix else range(V)):
+                X, _ = eng.final_set(L, last)
+                ks = [k for k in range(V) if k != c]
+                bound = eng.alpha_margins(X, c, ks)
+                plain, _, _ = eng.margins(X, c, refine=ks)
+                truth = _true_margins(model, prefix, suffix, L, last, range(V), c)
+                where = f"seed={seed} prefix={prefix} suffix={suffix} L={L} last={last}"
+                for k, b in zip(ks, bound, strict=True):
+                    assert b <= truth[k] + 1e-9, f"{where} k={k}: {b} > {truth[k]}"
+                n_checked += len(ks)
+                n_better += int((bound > plain[ks] + 1e-9).sum())
+    assert n_checked >= 100
+    assert n_better >= 1  # the slopes do tighten some bounds on these models
+
+
+@pytest.fixture(scope="module")
+def slope_cert():
+    """A proven claim whose certificate carries slopes (the slope phase forced on every case)."""
+    model = toy_model(0, qk=0.3, unembed=1.0, positional="rotary")
+    rng = np.random.default_rng(3)
+    V = model.cfg.d_vocab
+    for _ in range(100):
+        prefix = rng.integers(0, V, size=int(rng.integers(4, 14))).tolist()
+        suffix = rng.integers(0, V, size=1).tolist()
+        r = prove(model, prefix, 2, suffix=suffix, options=Options(alpha_below=1e9))
+        if r.proven and any(e["slopes"] for c in r.certificate["cases"] for e in c["alpha"]):
+            return model, r
+    raise AssertionError("no proven claim with slopes found")
+
+
+def _forge(cert, case_change):
+    c = copy.deepcopy(cert)
+    case_change(c)
+    c["digest"] = digest(c)
+    return c
+
+
+def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
+    model, r = slope_cert
+    cert = r.certificate
+    assert cert["method"]["name"] == "affine-lambda/4"
+    assert check(cert, model)
+    i, j = next((i, j) for i, c in enumerate(cert["cases"]) for j, e in enumerate(c["alpha"]) if e["slopes"])
+
+    def bad_value(c):
+        c["cases"][i]["alpha"][j]["slopes"][0][1] = 1.5
+
+    def bad_neuron(c):
+        c["cases"][i]["alpha"][j]["slopes"][0][0] = model.cfg.d_mlp
+
+    def twice(c):
+        c["cases"][i]["alpha"].append(copy.deepcopy(c["cases"][i]["alpha"][j]))
+
+    def bad_path(c):
+        c["cases"][i]["alpha"][j]["path"] = "secant"
+
+    for change, msg in ((bad_value, "0 <= value <= 1"), (bad_neuron, "0 <= value <= 1"),
+                        (twice, "bad competitor"), (bad_path, "unknown slope path")):
+        with pytest.raises(CertificateError, match=msg):
+            check(_forge(cert, change), model)
+
+    def drop(c):  # without the slopes the named competitor's bound falls below the claimed margin
+        for case in c["cases"]:
+            case["alpha"] = []
+
+    def relabel(c):
+        c["method"]["name"] = "affine-lambda/3"
+
+    with pytest.raises(CertificateError):
+        check(_forge(cert, drop), model)
+    with pytest.raises(CertificateError, match="not part of this method"):
+        check(_forge(cert, relabel), model)
+
+
+def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert):
+    # Two different derivations (prover: a set with the slopes, then its support; checker: the support of
+    # a functional of mid and P, in arb) of the same bound: equal up to rounding.
+    import importlib
+
+    C = importlib.import_module("assay.prove.check")
+    model, r = slope_cert
+    cert = r.certificate
+    W = extract(model)
+    V = model.cfg.d_vocab
+    eng = Engine(W, cert["prefix"], cert["suffix"], np.arange(V), Options())
+    chk = C.Checker(model, cert["prefix"], cert["suffix"], list(range(V)), {}, **C.METHODS["affine-lambda/4"])
+    n = 0
+    for case in cert["cases"]:
+        for ev in case["alpha"]:
+            X, _ = eng.final_set(case["L"], case["last"])
+            Xc, _ = chk.final_set(case["L"], case["last"])
+            k = ev["k"]
+            prover = eng.margins(X, r.token, refine=[], alpha=[ev])[0][k]
+            checker = chk.margins(Xc, r.token, [], [ev])[k]
+            assert prover == pytest.approx(float(checker.mid()), rel=1e-6, abs=1e-9)
+            n += 1
+    assert n >= 1
