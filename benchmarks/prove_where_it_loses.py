@@ -2,9 +2,11 @@
 
 overwhelm-1l, prefix " Haman" (2944) x 256, suffix " unto" (321), next token " the". Per free length L:
 
-- the certified margin with the default competitor refinement (and how many competitors it refined)
-  and with every competitor refined (equal whenever the case is provable: the refinement loop stops
-  at the refine-all minimum);
+- the certified margin with the default competitor refinement (and how many competitors it refined;
+  in a case this does not prove, the per-competitor slopes and tangent bound of method /4, and how many
+  competitors' certificates carry slopes) and with every competitor refined but no slopes (equal to
+  the default whenever the case is provable without slopes: the refinement loop stops at the
+  refine-all minimum);
 - how many of the 512 MLP neurons at the last position can cross zero: by the LayerNorm Taylor set's
   own coordinate range, and by the range the prover uses (intersected with the scalar-remainder range
   ``rules.ln_preact_bounds`` and with the pre-activation set ``rules.ln_preact_set``), and the range
@@ -49,40 +51,39 @@ def main() -> None:
     c = reference_token(model, prefix, suffix)
     V = model.cfg.d_vocab
     counts: list[tuple[int, int]] = []
-    real_mlp = rules.mlp_set
+    real_preact = rules.preact_set
 
-    def counting_mlp(X, W_in, b_in, W_out, b_out, act, ln=None):
+    def counting_preact(X, W_in, b_in, ln=None):
+        out = real_preact(X, W_in, b_in, ln)
         if ln is not None and W_in.shape[1] == model.cfg.d_mlp:
-            P = X.affine(W_in, b_in)
-            lo, hi = P.coord_bounds()
-            plo, phi = rules.ln_preact_bounds(ln, P, W_in, b_in)
-            qlo, qhi = rules.ln_preact_set(ln, P, W_in, b_in).coord_bounds()
-            ulo, uhi = np.maximum.reduce([lo, plo, qlo]), np.minimum.reduce([hi, phi, qhi])
+            lo, hi = X.affine(W_in, b_in).coord_bounds()
+            ulo, uhi = out[1], out[2]
             s_lo, s_hi = rules.sigma_range(ln.Y, ln.eps)
             s_lo = max(s_lo, ln.sig_min)
             counts.append((int(((lo < 0) & (hi > 0)).sum()), int(((ulo < 0) & (uhi > 0)).sum()),
                            ln.sig / s_hi, ln.sig / s_lo))
-        return real_mlp(X, W_in, b_in, W_out, b_out, act, ln)
+        return out
 
-    rules.mlp_set = counting_mlp
+    rules.preact_set = counting_preact
     try:
         eng = Engine(W, prefix, suffix, np.arange(V), Options())
         print(f"overwhelm-1l, {args.n_fix} x ' Haman' + ' unto', token {c}; MLP neurons crossing zero of "
               f"{model.cfg.d_mlp}")
-        print(f"{'L':>2} {'default':>10} {'refined':>8} {'refine-all':>11} {'crossing (Taylor)':>18} "
+        print(f"{'L':>2} {'default':>10} {'refined':>8} {'slopes':>7} {'refine-all':>11} {'crossing (Taylor)':>18} "
               f"{'crossing (used)':>16} {'sigma*/sigma range':>19}")
         parts = []
         for L in range(1, args.max_l + 1):
             counts.clear()
             X, _ = eng.final_set(L, None)
             taylor, used, q_lo, q_hi = counts[-1]
-            default, refined, _ = eng.margins(X, c)
+            default, refined, with_slopes = eng.margins(X, c)
             every, _, _ = eng.margins(X, c, refine=[k for k in range(V) if k != c])
-            print(f"{L:>2} {default.min():>10.3f} {len(refined):>8} {every.min():>11.3f} {taylor:>18} {used:>16} "
+            print(f"{L:>2} {default.min():>10.3f} {len(refined):>8} {len(with_slopes):>7} {every.min():>11.3f} "
+                  f"{taylor:>18} {used:>16} "
                   f"{f'[{q_lo:.2f}, {q_hi:.2f}]':>19}", flush=True)
             parts.append((L, int(np.argmin(every)), term_supports(X, W, c, int(np.argmin(every)))))
     finally:
-        rules.mlp_set = real_mlp
+        rules.preact_set = real_preact
     print("\nWhere the binding competitor's margin goes: the lower support of (w * (W_U[:, c] - W_U[:, k])) . y "
           "over the centred final residual, per kind of term (before the final LayerNorm's division by sigma)")
     print(f"{'L':>2} {'k':>5} {'center':>7} {'attention':>10} {'sigma spread':>13} {'rank one':>9} {'ReLU':>8}"

@@ -181,3 +181,24 @@ def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert
             assert prover == pytest.approx(float(checker.mid()), rel=1e-6, abs=1e-9)
             n += 1
     assert n >= 1
+
+
+def test_slopes_are_skipped_after_the_first_unproven_case(monkeypatch):
+    # An unprovable claim with a free last token has |A| cases per length: after the first case that
+    # fails, the claim cannot be proven, so the later cases must not run the slope search.
+    seen = []
+    real = Engine.case
+
+    def case(self, L, last, c, *a, **k):
+        r = real(self, L, last, c, *a, **k)
+        seen.append((self.use_slopes, r.margin))
+        return r
+
+    monkeypatch.setattr(Engine, "case", case)
+    model = toy_model(4, qk=0.5, unembed=2.0, positional="rotary")
+    r = prove(model, [1, 2, 3], 2)
+    assert not r.proven and len(seen) == 1 + 2 * model.cfg.d_vocab
+    first_fail = next(i for i, (_, m) in enumerate(seen) if not m > 0)
+    assert all(on for on, _ in seen[: first_fail + 1])
+    assert not any(on for on, _ in seen[first_fail + 1:])
+    assert first_fail + 1 < len(seen)  # the rule was exercised

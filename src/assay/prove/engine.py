@@ -133,6 +133,7 @@ class Engine:
         self.act = cfg.act_fn
         self._free_sets: dict[tuple[int, int], list[AffineSet]] = {}
         self._free_kv: dict[tuple[int, int], PosKV] = {}
+        self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
         self._prefix()
 
     # ------------------------------------------------------------------ exact rows (anchors, variants)
@@ -481,7 +482,7 @@ class Engine:
         rec = getattr(X, "last_mlp", None)
         treated: dict[int, dict | None] = {}
         before = best.copy()  # each competitor's bound without slopes
-        if rec is not None and W.lnf_w is not None and best.min() <= self.opts.alpha_below:
+        if rec is not None and self.use_slopes and W.lnf_w is not None and best.min() <= self.opts.alpha_below:
             while len(treated) < self.opts.max_alpha:
                 k = int(np.argmin(best))
                 if not refined[k]:

@@ -29,7 +29,8 @@ from assay.prove import rules
 from assay.prove.affine import POOL_T, AffineSet, Term, sqrt_up
 from assay.prove.fp import U, up
 
-ITERS = 30  # sign steps of the slope search
+ITERS = 60  # ascent steps of the slope search
+STEP = 0.2  # its first step (normalised), decaying as 1 / sqrt(step number)
 
 
 @dataclass
@@ -93,21 +94,23 @@ def _pooled_argmax(t: Term, y: np.ndarray) -> tuple[float, np.ndarray]:
     return best, arg
 
 
-def _minimiser(t: Term, x: np.ndarray) -> np.ndarray:
-    """Coefficients of the term that (approximately) minimise coef . x."""
+def _minimiser(t: Term, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """The (float) least value of coef . x over the term, as its support function gives it, and
+    coefficients that (approximately) attain it."""
     if t.kind == "zono":
-        return -np.sign(x)
+        return -float(np.abs(x).sum()), -np.sign(x)
     if t.kind == "ell":
         n = float(np.linalg.norm(x))
-        return -x / n if n > 0 else np.zeros_like(x)
+        return -n, (-x / n if n > 0 else np.zeros_like(x))
     if t.kind == "block":
         vals = t.V @ x
-        return t.V[int(np.argmin(vals))].copy()
+        j = int(np.argmin(vals))
+        return float(vals[j]), t.V[j].copy()
     vm, cm = _pooled_argmax(t, -x)
     if t.signed:
         vp, cp = _pooled_argmax(t, x)
-        return cm if vm >= vp else -cp
-    return cm
+        return (-vm, cm) if vm >= vp else (-vp, -cp)
+    return -vm, cm
 
 
 def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, mid_terms, p_terms):
@@ -123,17 +126,19 @@ def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, mid_terms, p_t
         tm, tp = mid_terms.get(tid), p_terms.get(tid)
         t = tm if tm is not None else tp
         x = (tm.M @ g if tm is not None else 0.0) + (tp.M @ sw if tp is not None else 0.0)
-        coef = _minimiser(t, x)
-        val += float(coef @ x)
+        v, coef = _minimiser(t, x)
+        val += v
         if tp is not None:
             pstar = pstar + coef @ tp.M
     return val, pstar, w
 
 
-def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS) -> np.ndarray:
+def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS, step: float = STEP) -> np.ndarray:
     """Slopes for the crossing neurons that (heuristically) maximise the lower bound of F . C x over the
-    set (C the centring): projected sign steps on the supergradient w_n p*_n of the neurons with
-    w_n >= 0 (the chord stays on the others), keeping the best point found. Any result is sound."""
+    set (C the centring). The bound is concave in the slopes of the neurons with w_n = W_out[n] . C F >= 0
+    (for fixed coefficients it is linear in them; the chord stays on the others), with supergradient
+    w_n p*_n at the minimiser p*: projected ascent with steps normalised by a running RMS of the
+    supergradient, from the chord slopes, keeping the best point found. Any result is sound."""
     g = F - F.mean()
     cross = rec.crossing()
     a0, _, _ = rules.relax_activation(rec.lo, rec.hi, "relu")
@@ -141,13 +146,15 @@ def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS) -> np.ndarray
     p_terms = {t.id: t for t in rec.P.terms}
     s = a0.copy()
     best_val, best = -np.inf, s.copy()
+    rms = None
     for it in range(iters):
         val, pstar, w = _float_lower(rec, g, s, mid_terms, p_terms)
         if val > best_val:
             best_val, best = val, s.copy()
         free = cross & (w >= 0)
-        step = 0.5 / np.sqrt(1.0 + it)
-        s = np.where(free, np.clip(s + step * np.sign(w * pstar), 0.0, 1.0), s)
+        grad = np.where(free, w * pstar, 0.0)
+        rms = grad * grad if rms is None else 0.9 * rms + 0.1 * grad * grad
+        s = np.where(free, np.clip(s + step / np.sqrt(1.0 + it) * grad / (np.sqrt(rms) + 1e-300), 0.0, 1.0), s)
     return best
 
 
