@@ -202,3 +202,121 @@ def test_slopes_are_skipped_after_the_first_unproven_case(monkeypatch):
     assert all(on for on, _ in seen[: first_fail + 1])
     assert not any(on for on, _ in seen[first_fail + 1:])
     assert first_fail + 1 < len(seen)  # the rule was exercised
+
+
+def _synthetic_last_mlp(rng, d=6, m=12):
+    """A LastMLP with two row terms (pooled terms shared by mid and P, as two heads make), a zonotope
+    shared by both, and P-only terms (a zonotope, a signed copy of a row term), centred so that most
+    neurons cross 0."""
+    from assay.prove.affine import AffineSet, Term, make_pooled, new_id, signed_copy
+
+    mid = AffineSet.point(rng.standard_normal(d), np.abs(rng.standard_normal(d)) * 1e-3)
+    P = AffineSet.point(rng.standard_normal(m) * 0.3, np.abs(rng.standard_normal(m)) * 1e-3)
+    rows = []
+    for _ in range(2):
+        k, N = 3, 7
+        t = make_pooled(rng.standard_normal((N, k)), rng.uniform(0.1, 0.6, N), np.array([0]), np.array([3.0]),
+                        float(rng.uniform(0.3, 1.2)), rng.standard_normal((k, d)))
+        mid.terms.append(t)
+        P.terms.append(t.with_M(rng.standard_normal((k, m))))
+        rows.append(t)
+    z = Term(new_id(), "zono", rng.standard_normal((2, d)) * 0.3)
+    mid.terms.append(z)
+    P.terms.append(z.with_M(rng.standard_normal((2, m)) * 0.3))
+    P.terms.append(Term(new_id(), "zono", rng.standard_normal((2, m)) * 0.2))
+    sc, box = signed_copy(P.terms[0], 0.2)
+    P.terms.append(sc)
+    P.box = P.box + box
+    lo, hi = P.coord_bounds()
+    rec = slopes.LastMLP(mid, P, lo, hi, rng.standard_normal((m, d)), rng.standard_normal(d) * 0.1)
+    return rec, rows, z, sc
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lower_bound_holds_at_sampled_points_of_the_sets(seed):
+    # The slope bound (relaxation on w >= 0 neurons, convexity along the attention rows on w < 0 ones)
+    # against the exact function at points of the sets, a third of them at extreme points (weights at
+    # their caps, zonotope signs).
+    from test_prove_bounds import coefficients
+
+    from assay.prove.affine import AffineSet
+
+    rng = np.random.default_rng(seed)
+    rec, rows, z, sc = _synthetic_last_mlp(rng)
+    n = 3000
+    coefs = coefficients(AffineSet(rec.mid.center, rec.mid.box, rows + [z]), n, rng)
+    orig = next(t for t in rec.P.terms if t.id == rows[0].id)
+    s = rng.uniform(-1, 1, (n, 1))
+    s[: n // 3] = np.sign(s[: n // 3])
+    x = rec.mid.center + sum(coefs[t.id] @ t.M for t in rec.mid.terms)
+    x = x + rng.uniform(-1, 1, x.shape) * rec.mid.box
+    own = coefficients(AffineSet(rec.P.center, rec.P.box, [t for t in rec.P.terms if t.kind == "zono"
+                                                           and t.id != z.id]), n, rng)
+    other = coefficients(AffineSet(rec.P.center, rec.P.box, [orig]), n, rng)[orig.id]
+    p = rec.P.center + rng.uniform(-1, 1, (n, rec.P.d)) * rec.P.box
+    for t in rec.P.terms:
+        if t.id == sc.id:
+            p = p + (s * other) @ t.M
+        elif t.id in coefs:
+            p = p + coefs[t.id] @ t.M
+        else:
+            p = p + own[t.id] @ t.M
+    assert ((p >= rec.lo - 1e-9) & (p <= rec.hi + 1e-9)).all()  # the samples are in the set
+    y = x + np.maximum(p, 0.0) @ rec.W_out + rec.b_out
+    for _ in range(4):
+        F = rng.standard_normal(rec.mid.d)
+        sl = rng.uniform(0, 1, rec.P.d)
+        bound = slopes.lower_bound(rec, F, np.zeros_like(F), sl, np.abs(y).max(axis=0) + 1.0)
+        vals = y @ (F - F.mean())
+        assert vals.min() >= bound - 1e-9, (vals.min(), bound)
+        best = slopes.lower_bound(rec, F, np.zeros_like(F), slopes.choose_slopes(rec, F),
+                                  np.abs(y).max(axis=0) + 1.0)
+        assert vals.min() >= best - 1e-9
+
+
+def _rows_only_rec(p0, Es, totals, w_neg, d=3):
+    """A LastMLP whose P is p0 + the row terms with rows E (each term: 1-row blocks of one position, cap
+    = total), mid holds the same terms with zero maps, and W_out makes every neuron's w_n = w_neg[n]
+    for the functional F = e_0 - mean (so all crossing neurons are in N-)."""
+    from assay.prove.affine import AffineSet, make_pooled
+
+    m = len(p0)
+    mid = AffineSet.point(np.zeros(d), np.zeros(d))
+    P = AffineSet.point(np.asarray(p0, float), np.zeros(m))
+    for E, tot in zip(Es, totals, strict=True):
+        E = np.asarray(E, float)
+        N = E.shape[0]
+        t = make_pooled(np.eye(N), np.full(N, tot), np.array([0]), np.array([1.0]), tot, np.zeros((N, d)))
+        mid.terms.append(t)
+        P.terms.append(t.with_M(E))
+    lo, hi = P.coord_bounds()
+    F = np.zeros(d)
+    F[0] = 1.0
+    g = F - F.mean()
+    W_out = np.outer(np.asarray(w_neg, float), g / (g @ g))
+    return slopes.LastMLP(mid, P, lo, hi, W_out, np.zeros(d)), F
+
+
+def test_convexity_bound_uses_the_combined_weight_of_every_row_term():
+    # One neuron, p0 = -1, two heads each adding up to 0.8: each alone keeps p < 0, together p = 0.6.
+    # G = relu(p) reaches 0.6, so the bound on -G must be <= -0.6; with K = H * total it is exactly -0.6.
+    rec, F = _rows_only_rec([-1.0], [[[0.8]], [[0.8]]], [1.0, 1.0], [-1.0])
+    b = slopes.lower_bound(rec, F, np.zeros(3), np.zeros(1), np.full(3, 10.0))
+    assert b <= -0.6 + 1e-12
+    assert b == pytest.approx(-0.6, abs=1e-9)
+
+
+def test_convexity_bound_is_exact_at_the_vertices_of_one_row_term():
+    # One row term whose cap is its total: the set's extreme points are p0 + total E_b, where the
+    # chord bound of G along each row is attained. The bound must equal the enumerated minimum.
+    rng = np.random.default_rng(0)
+    m, N = 8, 6
+    E = rng.standard_normal((N, m))
+    p0 = rng.standard_normal(m) * 0.3
+    w_neg = -rng.uniform(0.5, 2.0, m)
+    rec, F = _rows_only_rec(p0, [E], [0.7], w_neg)
+    b = slopes.lower_bound(rec, F, np.zeros(3), np.zeros(m), np.full(3, 10.0))
+    # the exact minimum of -sum |w_n| relu(p_n) over the set: at a vertex (it is concave)
+    truth = -max(-w_neg @ np.maximum(p0 + x, 0.0) for x in [0.7 * e for e in E] + [np.zeros(m)])
+    assert b <= truth + 1e-9
+    assert b == pytest.approx(truth, abs=1e-6)

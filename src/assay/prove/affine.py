@@ -452,11 +452,14 @@ def _cheap_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, 
 
 def _exact_support(t: Term, A: np.ndarray, an: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact (up to rounding, which is bounded) min and max of coef @ M @ A[:, k] over the term."""
-    B = t.times(A)
-    k = t.M.shape[0]
-    d = t.M.shape[1]
     # |fl(M A) - M A| <= gamma(d) |M_e| |A_k|
-    EB = gamma(d) * np.multiply.outer(row_norms(t.M), an)
+    return support_from(t, t.times(A), gamma(t.M.shape[1]) * np.multiply.outer(row_norms(t.M), an))
+
+
+def support_from(t: Term, B: np.ndarray, EB: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rigorous min and max of coef @ B*[:, k] over the term's coefficients, for every real matrix B*
+    within EB (elementwise) of the float matrix B (rows: the coefficient space)."""
+    k = B.shape[0]
     if t.kind in ("block", "pooled"):
         VB = t.V @ B
         err = up(t.vnorm * (gamma(k) * col_norms(B) + col_norms(EB)))

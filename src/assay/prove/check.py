@@ -787,34 +787,94 @@ def mlp_out(P: CSet, lo: list, hi: list, lw: dict, act: str) -> CSet:
 
 def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict) -> arb:
     """A lower bound (exact arb) of F . C x over every final residual x (C the centring), where x = mid +
-    relu(p) W_out + b_out with p in P: each neuron's relu(p) lies in a p + b + [-mu, mu] (:func:`relax`,
-    with ``slopes[n]`` on the neurons whose range crosses 0), so F . C x is a linear functional of the
-    coefficients of mid and P (which share term ids) plus intervals; its minimum is the sum of the
-    supports. ``last`` = (mid, P, lo, hi)."""
-    mid, P, lo, hi = last
+    relu(p) W_out + b_out with p in P; ``last`` = (mid, P, lo, hi, cache).
+
+    With g = C F and w = W_out g, a neuron's w_n relu(p_n) is bounded below by the relaxation of
+    :func:`relax` (with ``slopes[n]`` on crossing neurons), except on N- = {crossing, w_n < 0}: there
+    G(p) = sum_{N-} |w_n| relu(p_n) is convex, and p = p0 + sum_ib w_ib E_b + r, with the row terms'
+    (pooled terms shared by mid and P) weights w_ib >= 0 summing to at most the total K / H per term
+    (H row terms) and E_b = D_b M, is the convex combination (1 - sum w / K) (p0 + r) +
+    sum_ib (w_ib / K) (p0 + r + K E_b). So G(p) <= G(p0) + sum_ib w_ib (G(p0 + K E_b) - G(p0)) / K
+    + sum_n |w_n| (sig_n r_n + off_n), where relu(q + r) <= relu(q) + r+ and r+ <= sig r + off is its
+    chord over the range [rlo, rhi] of r. All of it is linear in the coefficients of mid and P (which
+    share term ids), so its minimum is a sum of supports; the row terms' support has per-row values
+    h_b - D_b . y."""
+    mid, P, lo, hi, cache = last
     d = len(F)
     mean = sum(F, ZERO) / d
     g = [f - mean for f in F]  # C is symmetric: F . C x = (C F) . x
-    w = (lw["W_out"] * arb_mat([[x] for x in g])).entries()
+    gm = arb_mat([[x] for x in g])
+    w = (lw["W_out"] * gm).entries()
     rel = [relax(a, c, "relu", slopes.get(n)) for n, (a, c) in enumerate(zip(lo, hi, strict=True))]
-    sw = [r[0] * x for r, x in zip(rel, w, strict=True)]
+    cross = [n for n, (a, c) in enumerate(zip(lo, hi, strict=True)) if a < 0 and c > 0]
+    neg = set(n for n in cross if w[n] < 0)
+    pr = _slopes_prep(mid, P, cross, cache)
+    aw = [-w[n] if n in neg else ZERO for n in range(len(w))]
+    v = [-aw[n] * pr["sig"][n] if n in neg else rel[n][0] * w[n] for n in range(len(w))]
     val = sum((c * x - b * abs(x) for c, b, x in zip(mid.center, mid.box, g, strict=True)), ZERO)
     val += sum((b * x for b, x in zip(lw["b_out"], g, strict=True)), ZERO)
-    val += sum(((c * r[0] + r[1]) * x - b * abs(y) - r[2] * abs(x)
-                for c, b, r, x, y in zip(P.center, P.box, rel, w, sw, strict=True)), ZERO)
-    gm, swm = arb_mat([[x] for x in g]), arb_mat([[x] for x in sw])
-    terms: dict = {}
-    for t in mid.terms:
-        terms[t.id] = [t, t.M * gm]
-    for t in P.terms:
-        if t.id in terms:
-            terms[t.id][1] = terms[t.id][1] + t.M * swm
-        else:
-            terms[t.id] = [t, t.M * swm]
+    for n, (c, b) in enumerate(zip(P.center, P.box, strict=True)):
+        val -= b * abs(v[n])
+        if n not in neg:
+            val += (c * rel[n][0] + rel[n][1]) * w[n] - rel[n][2] * abs(w[n])
+    G0 = sum((aw[n] * relu(P.center[n]) for n in neg), ZERO)
+    val -= G0 + sum((aw[n] * pr["off"][n] for n in neg), ZERO)
     one = arb_mat([[ONE]])
-    for t, x in terms.values():
-        val += t.with_M(x).support(one, exact=True)[0][0]
+    mid_t = {t.id: t for t in mid.terms}
+    v_row = arb_mat([[ZERO if n in neg else v[n]] for n in range(len(v))])
+    awc = arb_mat([[aw[n]] for n in cross])
+    for t, (K, RQ) in zip(pr["rows"], pr["Q"], strict=True):
+        y = mid_t[t.id].M * gm + t.M * v_row
+        Gb = (RQ * awc).entries()
+        xb = (t.V * y).entries()
+        X = [[(gb - G0) / K - x] for gb, x in zip(Gb, xb, strict=True)]
+        val -= pooled_max(X, t.pool)[0]
+    vm = arb_mat([[x] for x in v])
+    row_ids = {t.id for t in pr["rows"]}
+    p_ids = {t.id for t in pr["others"]}
+    for t in pr["others"]:
+        B = t.M * vm
+        if t.id in mid_t:
+            B = B + mid_t[t.id].M * gm
+        val += t.with_M(B).support(one, exact=True)[0][0]
+    for tid, t in mid_t.items():
+        if tid not in row_ids and tid not in p_ids:
+            val += t.with_M(t.M * gm).support(one, exact=True)[0][0]
     return _lo(val)
+
+
+def _slopes_prep(mid: CSet, P: CSet, cross: list[int], cache: dict) -> dict:
+    """The competitor-independent pieces of :func:`slopes_lower`, once per case: the row and other
+    terms, the chord of r+ over the range of r, and per row term (K = H total, relu(p0 + K E_b) on the
+    crossing neurons)."""
+    if "rows" in cache:
+        return cache
+    mid_ids = {t.id for t in mid.terms}
+    rows = [t for t in P.terms if t.kind == "pooled" and not t.signed and t.id in mid_ids]
+    row_ids = {t.id for t in rows}
+    others = [t for t in P.terms if t.id not in row_ids]
+    rlo, rhi = CSet([ZERO] * P.d, list(P.box), others).coord_bounds()
+    sig, off = [], []
+    for a, b in zip(rlo, rhi, strict=True):
+        if a >= 0:
+            sig.append(ONE)
+            off.append(ZERO)
+        elif b <= 0:
+            sig.append(ZERO)
+            off.append(ZERO)
+        else:
+            sg = b / (b - a)  # the chord of r+ from (rlo, 0) to (rhi, rhi)
+            sig.append(sg)
+            off.append(-sg * a)
+    qs = []
+    for t in rows:
+        K = arb(len(rows)) * t.pool[3]
+        Mc = arb_mat([[t.M[i, n] for n in cross] for i in range(t.M.nrows())])
+        E = (t.V * Mc).tolist()
+        RQ = arb_mat([[relu(P.center[n] + K * e) for n, e in zip(cross, row, strict=True)] for row in E])
+        qs.append((K, RQ))
+    cache.update(rows=rows, others=others, sig=sig, off=off, Q=qs)
+    return cache
 
 
 def rope(positions: list[int], rotary_dim: int, base: float) -> list[tuple[list, list]]:
@@ -1187,7 +1247,7 @@ class Checker:
         P, lo, hi = preacts(xn, lw, expansion if self.ln_preact else None, self.preact_set, self.norm_ub)
         out = mid.add(mlp_out(P, lo, hi, lw, self.act))
         if keep and self.alpha and self.act == "relu":
-            out.last_mlp = (mid, P, lo, hi)
+            out.last_mlp = (mid, P, lo, hi, {})
             out.last_layer = layer
         return out
 

@@ -486,9 +486,11 @@ class Engine:
             while len(treated) < self.opts.max_alpha:
                 k = int(np.argmin(best))
                 if not refined[k]:
-                    best[k] = max(best[k], evaluate(np.array([k]))[k])
-                    before[k] = best[k]
-                    refined[k] = True
+                    # k and every other unrefined competitor at or below its bound, in one batch
+                    more = order[~refined[order] & (cheap[order] <= best[k])][: 4 * self.opts.max_refine]
+                    best[more] = np.maximum(best[more], evaluate(more)[more])
+                    before[more] = best[more]
+                    refined[more] = True
                     continue
                 if k in treated:
                     break
@@ -515,10 +517,10 @@ class Engine:
         F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta = b . (W_U[:, c] - W_U[:, k]) + db_U within
         betaerr, sig the sigma range of the centred final residual. ``path``: "quot" (the quotient
         bound) or "tan" (the tangent bound, beta > 0 only). Returns (bound, usable)."""
-        Ya = slopes.set_with_slopes(X.last_mlp, s).center_coords()
+        rec, xabs = X.last_mlp, X.abs_bound()
         beta_lo = float(sum_bounds([np.array([beta]), -np.array([betaerr])])[0][0])
         if path == "quot":
-            lo = slopes.functional_lower(Ya, F, Ferr)
+            lo = slopes.lower_bound(rec, F, Ferr, s, xabs)
             q = np.nextafter(lo / (sig[1] if lo >= 0 else sig[0]), -np.inf)
             return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0]), True
         tg = slopes.tangent(*_box_mid(Y), self.W.eps) if beta_lo > 0 else None
@@ -526,7 +528,7 @@ class Engine:
             return -np.inf, False
         u, c0 = tg
         F2, F2err = slopes.with_tangent(F, Ferr, beta_lo, u)
-        N = float(sum_bounds([np.array([slopes.functional_lower(Ya, F2, F2err)]),
+        N = float(sum_bounds([np.array([slopes.lower_bound(rec, F2, F2err, s, xabs)]),
                               np.array([np.nextafter(beta_lo * c0, -np.inf)])])[0][0])
         return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf)), True
 

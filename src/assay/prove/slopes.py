@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.prove import rules
-from assay.prove.affine import POOL_T, AffineSet, Term, sqrt_up
-from assay.prove.fp import U, up
+from assay.prove.affine import POOL_T, AffineSet, Term, pooled_max, sqrt_up, support_from
+from assay.prove.fp import U, col_norms, down, gamma, next_up, row_norms, sum_bounds, up
 
 ITERS = 60  # ascent steps of the slope search
 STEP = 0.2  # its first step (normalised), decaying as 1 / sqrt(step number)
@@ -44,16 +44,140 @@ class LastMLP:
     hi: np.ndarray
     W_out: np.ndarray
     b_out: np.ndarray
+    _prep: dict | None = None
 
     def crossing(self) -> np.ndarray:
         return (self.lo < 0) & (self.hi > 0)
 
+    def prep(self) -> dict:
+        """What every competitor's bound shares (computed once): the row terms (pooled terms of both
+        mid and P: the attention to free positions), the other terms, the range [rlo, rhi] of r (P
+        without its row terms and center) with the chord of r+ over it, and per row term the
+        pre-activations Q_b = p0 + K E_b of the crossing neurons, E_b = D_b M (within Qerr)."""
+        if self._prep is None:
+            self._prep = _prepare(self)
+        return self._prep
 
-def set_with_slopes(rec: LastMLP, slopes: np.ndarray) -> AffineSet:
-    """The final residual's set (before the final LayerNorm) with the given ReLU slopes on the crossing
-    neurons: it holds every true residual, whatever the slopes in [0, 1]."""
-    out = rules.mlp_from_preacts(rec.P, rec.lo, rec.hi, rec.W_out, rec.b_out, "relu", slopes)
-    return rec.mid.add(out)
+
+def _prepare(rec: LastMLP) -> dict:
+    mid_t = {t.id: t for t in rec.mid.terms}
+    rows = [t for t in rec.P.terms if t.kind == "pooled" and not t.signed and t.id in mid_t]
+    row_ids = {t.id for t in rows}
+    others = [t for t in rec.P.terms if t.id not in row_ids]
+    rlo, rhi = AffineSet(np.zeros(rec.P.d), rec.P.box, others).coord_bounds()
+    # r+ <= sig r + off on [rlo, rhi]: a line above r+ at both ends (r+ is convex); exact off the kink.
+    crosses = (rlo < 0) & (rhi > 0)
+    sig = np.where(rlo >= 0, 1.0, np.where(rhi <= 0, 0.0, rhi / np.where(crosses, rhi - rlo, 1.0)))
+    sig = np.clip(sig, 0.0, 1.0)
+    off = np.where(crosses, up(np.maximum(-sig * rlo, rhi * (1.0 - sig)), 3), 0.0)
+    cross = np.flatnonzero(rec.crossing())
+    p0 = rec.P.center
+    H = len(rows)
+    qs = []
+    for t in rows:
+        # sum_h sum_ib w_ib / K_h <= 1 when K_h >= H * total_h: the weights of a convex combination.
+        K = float(next_up(H * t.pool[3]))
+        M = t.M[:, cross]
+        E = t.V @ M
+        Eerr = up(gamma(M.shape[0]) * np.multiply.outer(row_norms(t.V), col_norms(M)))
+        KE = K * E
+        Q = p0[cross][None, :] + KE
+        Qerr = up(K * Eerr + U * np.abs(KE) + U * np.abs(Q), 3)
+        qs.append((K, Q, Qerr))
+    return {"mid_t": mid_t, "rows": rows, "others": others, "rlo": rlo, "rhi": rhi, "sig": sig, "off": off,
+            "cross": cross, "Q": qs}
+
+
+def _pieces(rec: LastMLP, g: np.ndarray, slopes: np.ndarray | None):
+    """The per-neuron pieces of the bound for the (centred) functional g: w = W_out g, the neurons N-
+    (crossing, w < 0) bounded through convexity, and the functional v on P's non-row terms."""
+    pr = rec.prep()
+    a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu", slopes)
+    w = rec.W_out @ g
+    neg = rec.crossing() & (w < 0)
+    aw = np.where(neg, -w, 0.0)
+    v = np.where(neg, -aw * pr["sig"], a * w)
+    return pr, a, b, mu, w, neg, aw, v
+
+
+def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarray, xabs: np.ndarray) -> float:
+    """Rigorous lower bound of F* . C x over every true final residual x (C the centring; F* any real
+    vector within Ferr of F; |x| <= xabs elementwise), x = mid + relu(p) W_out + b_out with p in P.
+
+    With g = C F and w = W_out g, each neuron's term w_n relu(p_n) is bounded below by the relaxation
+    with the given slopes (DeepZ form), except on the crossing neurons N- with w_n < 0, whose sum
+    -G(p), G(p) = sum |w_n| relu(p_n), is bounded through convexity: write p = p0 + sum_ib w_ib E_b + r
+    (the row terms: attention weights w_ib >= 0 on rows b, E_b = D_b M, sum w / K <= 1; r the rest).
+    Then p is a convex combination of p0 + r and the points p0 + r + K E_b, so
+    G(p) <= G(p0) + sum_ib w_ib (G(p0 + K E_b) - G(p0)) / K + sum_n |w_n| (sig_n r_n + off_n),
+    using relu(q + r) <= relu(q) + r+ <= relu(q) + sig r + off for every q. Every piece is linear in
+    the coefficients; the row terms' part is their support with per-row values h_b - D_b y.
+    """
+    g = F - F.mean()
+    pr, a, b, mu, w, neg, aw, v = _pieces(rec, g, slopes)
+    d, m = len(F), len(w)
+    gerr = up(Ferr + float(np.mean(Ferr)) + gamma(d + 2) * float(np.abs(F).mean()) + U * np.abs(g), 4)
+    werr = up(gamma(d) * (np.abs(rec.W_out) @ np.abs(g)))
+    pabs = np.maximum(np.abs(rec.lo), np.abs(rec.hi))
+    rabs = np.maximum(np.abs(pr["rlo"]), np.abs(pr["rhi"]))
+    vabs = np.abs(v)
+    p0 = rec.P.center
+    pos = ~neg
+    # constants (lower bounds), and the rounding of every float product used as an exact number
+    G0_lo = float(down(np.maximum(p0, 0.0) @ aw, m + 2))
+    G0_hi = float(up(np.maximum(p0, 0.0) @ aw, m + 2))
+    lows = [
+        np.array([float(rec.mid.center @ g)]),
+        -np.array([float(up(gamma(d) * float(np.abs(rec.mid.center) @ np.abs(g)), 2))]),
+        np.array([float(rec.b_out @ g)]),
+        -np.array([float(up(gamma(d) * float(np.abs(rec.b_out) @ np.abs(g)), 2))]),
+        np.array([float((v * p0 + w * b)[pos].sum())]),
+        -np.array([float(up((np.abs(w) * mu)[pos].sum()
+                            + (3 * U + gamma(m + 2)) * (np.abs(v * p0) + np.abs(w * b))[pos].sum(), m + 4))]),
+        -np.array([G0_hi]),
+        -np.array([float(up(aw @ pr["off"], m + 2))]),
+        -np.array([float(up(rec.mid.box @ np.abs(g) + rec.P.box @ vabs, m + d + 2))]),
+        -np.array([float(up(werr @ np.maximum(rec.hi, 0.0) + gerr @ xabs
+                            + 2 * U * (vabs @ np.where(neg, rabs, pabs)), m + d + 4))]),
+    ]
+    mid_t = pr["mid_t"]
+    # the row terms: -sup over their weights of sum_ib w_ib (h_b - D_b . y)
+    v_row = np.where(neg, 0.0, v)
+    for t, (K, Q, Qerr) in zip(pr["rows"], pr["Q"], strict=True):
+        tm = mid_t[t.id]
+        B, EB = _combined(tm, g, t, v_row)
+        Gb = up(np.maximum(np.nextafter(Q + Qerr, np.inf), 0.0) @ aw[pr["cross"]], len(pr["cross"]) + 2)
+        diff = Gb - G0_lo
+        h = next_up(next_up(diff + U * np.abs(diff)) / K)
+        h = next_up(h + U * np.abs(h))
+        VB = t.V @ B
+        rowerr = up(row_norms(t.V) * (gamma(len(B)) * float(np.linalg.norm(B)) + float(np.linalg.norm(EB))), 4)
+        X = next_up(next_up(h - VB) + U * np.abs(h - VB)) + rowerr
+        lows.append(-pooled_max(X[:, None], *t.pool))
+    row_ids = {t.id for t in pr["rows"]}
+    p_t = {t.id: t for t in pr["others"]}
+    for t in pr["others"]:
+        B, EB = _combined(mid_t.get(t.id), g, t, v)
+        lows.append(support_from(t, B[:, None], EB[:, None])[0])
+    for tid, t in mid_t.items():
+        if tid not in row_ids and tid not in p_t:
+            B, EB = _combined(t, g, None, None)
+            lows.append(support_from(t, B[:, None], EB[:, None])[0])
+    return float(sum_bounds(lows)[0][0])
+
+
+def _combined(tm: Term | None, g: np.ndarray, tp: Term | None, v: np.ndarray | None):
+    """(B, EB): fl(M_mid g + M_P v) for one term id and a bound on its distance to the exact vector."""
+    B, EB = 0.0, 0.0
+    if tm is not None:
+        Bm = tm.M @ g
+        B, EB = Bm, gamma(len(g)) * row_norms(tm.M) * float(np.linalg.norm(g))
+    if tp is not None:
+        Bp = tp.M @ v
+        EB = EB + gamma(len(v)) * row_norms(tp.M) * float(np.linalg.norm(v))
+        B = B + Bp
+    B = np.asarray(B, dtype=np.float64)
+    return B, up(EB + U * np.abs(B), 3)
 
 
 def tangent(ys: np.ndarray, eps: float) -> tuple[np.ndarray, float] | None:
@@ -70,18 +194,17 @@ def tangent(ys: np.ndarray, eps: float) -> tuple[np.ndarray, float] | None:
     return (u, float(c0)) if norm <= 1.0 else None
 
 
-def _pooled_argmax(t: Term, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Float value and maximiser (a coefficient vector) of coef . y over a pooled term (no signed flag):
-    the Lagrangian form of affine.pooled_max at its best grid point (the total is not enforced; this only
-    guides the search)."""
-    Dy = t.V @ y
+def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
+    """Float value and maximiser (a coefficient vector) of sum_ib w_ib vals_b over a pooled term's
+    weights: the Lagrangian form of affine.pooled_max at its best grid point (the total is not enforced
+    in the maximiser; this only guides the search)."""
     scale, starts, mult, total = t.pool
-    top = max(float(Dy.max(initial=0.0)), 0.0)
-    ends = np.append(starts[1:], len(Dy))
+    top = max(float(vals.max(initial=0.0)), 0.0)
+    ends = np.append(starts[1:], len(vals))
     best, arg = np.inf, np.zeros(t.V.shape[1])
     for f in POOL_T:
         tt = top * f
-        Y = scale * (Dy - tt)
+        Y = scale * (vals - tt)
         val, coef = total * tt, np.zeros(t.V.shape[1])
         for s0, e0, m in zip(starts, ends, mult, strict=True):
             if e0 > s0:
@@ -106,49 +229,61 @@ def _minimiser(t: Term, x: np.ndarray) -> tuple[float, np.ndarray]:
         vals = t.V @ x
         j = int(np.argmin(vals))
         return float(vals[j]), t.V[j].copy()
-    vm, cm = _pooled_argmax(t, -x)
+    vm, cm = _pooled_argmax(t, -(t.V @ x))
     if t.signed:
-        vp, cp = _pooled_argmax(t, x)
+        vp, cp = _pooled_argmax(t, t.V @ x)
         return (-vm, cm) if vm >= vp else (-vp, -cp)
     return -vm, cm
 
 
-def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, mid_terms, p_terms):
-    """Float lower bound of g . x over the set with ``slopes`` (g already centred) and the minimiser's
-    pre-activations (both only guide the search)."""
-    a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu", slopes)
-    w = rec.W_out @ g
-    sw = a * w
-    val = float(rec.mid.center @ g - rec.mid.box @ np.abs(g) + rec.b_out @ g)
-    val += float((rec.P.center * a + b) @ w - rec.P.box @ np.abs(sw) - mu @ np.abs(w))
-    pstar = rec.P.center.copy()
-    for tid in set(mid_terms) | set(p_terms):
-        tm, tp = mid_terms.get(tid), p_terms.get(tid)
-        t = tm if tm is not None else tp
-        x = (tm.M @ g if tm is not None else 0.0) + (tp.M @ sw if tp is not None else 0.0)
-        v, coef = _minimiser(t, x)
-        val += v
-        if tp is not None:
-            pstar = pstar + coef @ tp.M
-    return val, pstar, w
+def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | None = None):
+    """The bound of :func:`lower_bound` in plain floating point (no error terms), the minimiser's
+    pre-activations p*, w and the row values h (``hs``: reused, they do not depend on the slopes): only
+    to guide the slope search."""
+    pr, a, b, mu, w, neg, aw, v = _pieces(rec, g, slopes)
+    p0 = rec.P.center
+    pos = ~neg
+    G0 = float(np.maximum(p0, 0.0) @ aw)
+    if hs is None:
+        hs = [(np.maximum(Q, 0.0) @ aw[pr["cross"]] - G0) / K for K, Q, _ in pr["Q"]]
+    val = float(rec.mid.center @ g + rec.b_out @ g + (v * p0 + w * b - np.abs(w) * mu)[pos].sum())
+    val -= G0 + float(aw @ pr["off"]) + float(rec.mid.box @ np.abs(g) + rec.P.box @ np.abs(v))
+    pstar = p0.copy()
+    mid_t = pr["mid_t"]
+    v_row = np.where(neg, 0.0, v)
+    for t, h in zip(pr["rows"], hs, strict=True):
+        y = mid_t[t.id].M @ g + t.M @ v_row
+        best, coef = _pooled_argmax(t, h - t.V @ y)
+        val -= best
+        pstar = pstar + coef @ t.M
+    row_ids = {t.id for t in pr["rows"]}
+    p_ids = {t.id for t in pr["others"]}
+    for t in pr["others"]:
+        tm = mid_t.get(t.id)
+        x = t.M @ v + (tm.M @ g if tm is not None else 0.0)
+        val_t, coef = _minimiser(t, x)
+        val += val_t
+        pstar = pstar + coef @ t.M
+    for tid, t in mid_t.items():
+        if tid not in row_ids and tid not in p_ids:
+            val += _minimiser(t, t.M @ g)[0]
+    return val, pstar, w, hs
 
 
 def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS, step: float = STEP) -> np.ndarray:
-    """Slopes for the crossing neurons that (heuristically) maximise the lower bound of F . C x over the
-    set (C the centring). The bound is concave in the slopes of the neurons with w_n = W_out[n] . C F >= 0
-    (for fixed coefficients it is linear in them; the chord stays on the others), with supergradient
-    w_n p*_n at the minimiser p*: projected ascent with steps normalised by a running RMS of the
-    supergradient, from the chord slopes, keeping the best point found. Any result is sound."""
+    """Slopes for the crossing neurons that (heuristically) maximise :func:`lower_bound` for F. The bound
+    is concave in the slopes of the neurons with w_n = W_out[n] . C F >= 0 (for fixed coefficients it
+    is linear in them), with supergradient w_n p*_n at the minimiser p*: projected ascent with steps
+    normalised by a running RMS of the supergradient, from the chord slopes, keeping the best point
+    found. Any result is sound."""
     g = F - F.mean()
     cross = rec.crossing()
     a0, _, _ = rules.relax_activation(rec.lo, rec.hi, "relu")
-    mid_terms = {t.id: t for t in rec.mid.terms}
-    p_terms = {t.id: t for t in rec.P.terms}
     s = a0.copy()
     best_val, best = -np.inf, s.copy()
-    rms = None
+    rms, hs = None, None
     for it in range(iters):
-        val, pstar, w = _float_lower(rec, g, s, mid_terms, p_terms)
+        val, pstar, w, hs = _float_lower(rec, g, s, hs)
         if val > best_val:
             best_val, best = val, s.copy()
         free = cross & (w >= 0)
@@ -156,12 +291,6 @@ def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS, step: float =
         rms = grad * grad if rms is None else 0.9 * rms + 0.1 * grad * grad
         s = np.where(free, np.clip(s + step / np.sqrt(1.0 + it) * grad / (np.sqrt(rms) + 1e-300), 0.0, 1.0), s)
     return best
-
-
-def functional_lower(S: AffineSet, F: np.ndarray, Ferr: np.ndarray) -> float:
-    """Rigorous lower bound of F* . x over S for every real F* within Ferr of the float vector F."""
-    lo = float(S.functional_bounds(F[:, None], exact=np.array([0]))[0][0])
-    return float(lo - up(float(S.abs_bound() @ Ferr), S.d + 2))
 
 
 def with_tangent(F: np.ndarray, Ferr: np.ndarray, beta_lo: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
