@@ -43,6 +43,7 @@ import torch
 from assay.model import load
 from assay.model.transformer import apply_rotary, rotary_cos_sin
 from assay.prove import design, prove
+from assay.prove.demo import largest_proven
 
 SWEEPS = 2
 L_MAX = 256
@@ -227,14 +228,13 @@ def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3) -> tup
 
 
 def certified(model, prefix, suffix, limit: int = 64) -> tuple[int, int, float]:
-    """(largest proven n_free, its token, its margin), by increasing n_free until a proof fails."""
-    n, tok, margin = -1, None, math.nan
-    for n_free in range(0, limit + 1):
-        r = prove(model, prefix, n_free, suffix=suffix, _stop_early=True)
-        if not r.proven:
-            break
-        n, tok, margin = n_free, r.token, r.margin
-    return n, tok, margin
+    """(largest proven n_free, its token, its margin): the first failing length of one run at ``limit``
+    (``demo.largest_proven``), then the proof at the length below it."""
+    n = largest_proven(model, prefix, suffix, limit)
+    if n < 0:
+        return -1, None, math.nan
+    r = prove(model, prefix, n, suffix=suffix)
+    return n, r.token, r.margin
 
 
 def clean_limit(model, prefix, suffix, c, rng, l_max=L_MAX) -> tuple[int, bool, list[int] | None, float]:

@@ -476,14 +476,17 @@ class Engine:
                 break
             best = np.maximum(best, evaluate(more))
             refined[more] = True
-        # Method /4: when that does not prove the case, the least competitors get their own ReLU slopes
-        # and the tangent bound (slopes.py), one at a time, refining any competitor that becomes the least,
-        # until the least one has had its slopes (its bound is then final) or max_alpha is spent.
+        # Method /4: when that does not prove the case, the least competitor gets the slope bound
+        # (slopes.py), first with the chord slopes (quick), then, if it is the least again, with slopes
+        # searched for it; any competitor that becomes the least is refined first. This ends when the
+        # least competitor has had its search (its bound is then final) or max_alpha searches are spent.
         rec = getattr(X, "last_mlp", None)
-        treated: dict[int, dict | None] = {}
+        stage: dict[int, int] = {}
+        treated: dict[int, dict] = {}
         before = best.copy()  # each competitor's bound without slopes
         if rec is not None and self.use_slopes and W.lnf_w is not None and best.min() <= self.opts.alpha_below:
-            while len(treated) < self.opts.max_alpha:
+            searches = 0
+            while searches < self.opts.max_alpha:
                 k = int(np.argmin(best))
                 if not refined[k]:
                     # k and every other unrefined competitor at or below its bound, in one batch
@@ -492,20 +495,23 @@ class Engine:
                     before[more] = best[more]
                     refined[more] = True
                     continue
-                if k in treated:
+                st = stage.get(k, 0)
+                if st == 2:
                     break
+                stage[k] = st + 1
+                searches += st
                 val, ev = self._best_alpha(X, Y, rec, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k],
-                                           (s_lo, s_hi))
-                treated[k] = ev if val > best[k] else None
-                best[k] = max(best[k], val)
+                                           (s_lo, s_hi), search=st == 1)
+                if val > best[k]:
+                    treated[k] = ev
+                    best[k] = val
         # Evidence for the checker: only the refined competitors whose cheap bound does not already
         # clear the least margin need their exact support re-derived (the slack covers the checker's
         # own, differently rounded, cheap bounds); of those, the ones whose slopes raised them above it
         # carry the slopes instead.
         low = best.min()
         slack = 1e-6 * (1.0 + abs(low))
-        evidence = [dict(treated[k], k=k) for k in sorted(treated)
-                    if treated[k] is not None and before[k] <= low + slack]
+        evidence = [dict(treated[k], k=k) for k in sorted(treated) if before[k] <= low + slack]
         with_slopes = np.zeros(len(cheap), dtype=bool)
         with_slopes[[e["k"] for e in evidence]] = True
         needed = refined & (cheap <= low + slack) & ~with_slopes
@@ -558,11 +564,13 @@ class Engine:
         return np.array([self._best_alpha(X, Y, X.last_mlp, Aw[:, k], Awerr[:, k], bb[k] + bd[k],
                                           bberr[k] + bderr[k], sig)[0] for k in ks])
 
-    def _best_alpha(self, X, Y, rec, F, Ferr, beta, betaerr, sig) -> tuple[float, dict]:
-        """The better of the quotient and tangent bounds, each with slopes chosen for its own functional;
-        the evidence names the path and the slopes of the crossing neurons."""
+    def _best_alpha(self, X, Y, rec, F, Ferr, beta, betaerr, sig, search: bool = True) -> tuple[float, dict]:
+        """The better of the quotient and tangent bounds, each with slopes chosen for its own functional
+        (``search``) or the chord slopes; the evidence names the path and the searched slopes of the
+        crossing neurons (none: the chord's)."""
         best_val, best_ev = -np.inf, None
-        cross = np.flatnonzero(rec.crossing())
+        cross = np.flatnonzero(rec.crossing()) if search else np.array([], dtype=np.int64)
+        a0 = rules.relax_activation(rec.lo, rec.hi, "relu")[0]
         for path in ("quot", "tan"):
             Fp = F
             if path == "tan":
@@ -570,7 +578,7 @@ class Engine:
                 if tg is None or not beta - betaerr > 0:
                     continue
                 Fp = F + (beta - betaerr) * tg[0]
-            s = slopes.choose_slopes(rec, Fp)
+            s = slopes.choose_slopes(rec, Fp) if search else a0
             val, ok = self._alpha_bound(X, Y, path, F, Ferr, beta, betaerr, sig, s)
             if ok and val > best_val:
                 best_val = val
