@@ -14,10 +14,15 @@ overwhelm-1l, prefix " Haman" (2944) x 256, suffix " unto" (321), next token " t
 - for the binding competitor, how much each kind of term of the final set costs (a float diagnostic),
   and the final LayerNorm's sigma range: its upper end by the triangle inequality |p| + R and the one
   used (with the inner-product norm bound);
+- with ``--gap``, for the binding competitor of the tangent functional (L = 5 and 6): the DeepZ bound
+  (chord slopes on every crossing neuron), the true value of the function over the same set at that
+  bound's own minimiser, and how much of the gap the neurons with w < 0 (bounded from above by chords)
+  and w >= 0 account for;
 - with ``--true``, the true worst margin per L by the counterexample search of prove_tightness.py.
 
     python benchmarks/prove_where_it_loses.py          # L = 1..5, about a minute
     python benchmarks/prove_where_it_loses.py --true --max-l 6   # and the true worst margins
+    python benchmarks/prove_where_it_loses.py --gap --max-l 0    # only the relaxation gap
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def main() -> None:
     ap.add_argument("--true", action="store_true",
                     help="also the true worst margin per L (the counterexample search of prove_tightness.py; "
                          "about a minute per length)")
+    ap.add_argument("--gap", action="store_true", help="also the relaxation gap at L = 5, 6 (a float diagnostic)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load("overwhelm-1l")
@@ -92,6 +98,16 @@ def main() -> None:
         print(f"{L:>2} {k:>5} {sup['center']:>7.3f} {sup['attention']:>10.3f} {sup['sigma spread']:>13.3f} "
               f"{sup['rank one']:>9.3f} {sup['ReLU']:>8.3f}  {sup['sig*']:>16.3f} {sup['sig_hi_tri']:>19.3f} "
               f"{sup['sig_hi']:>16.3f}")
+    if args.gap:
+        eng = Engine(W, prefix, suffix, np.arange(V), Options())
+        print("\nThe relaxation at its own minimiser (tangent functional of the binding competitor, chord slopes)")
+        print(f"{'L':>2} {'k':>5} {'relaxed':>8} {'true there':>11} {'gap from w < 0':>15} {'from w >= 0':>12}")
+        for L in (5, 6):
+            X, _ = eng.final_set(L, None)
+            m, _, _ = eng.margins(X, c)
+            k = int(np.argmin(m))
+            print(f"{L:>2} {k:>5} " + " ".join(f"{x:>{w}.3f}" for x, w in zip(relaxation_gap(eng, X, c, k),
+                                                                               (8, 11, 15, 12), strict=True)))
     if args.true:
         import sys
         from pathlib import Path
@@ -104,6 +120,39 @@ def main() -> None:
         for L in range(1, args.max_l + 1):
             gap, cex = attack(m64, prefix, suffix, c, L, rng, n_starts=3)
             print(f"{L:>2} {-gap:>8.3f}{'  counterexample ' + str(cex) if cex else ''}", flush=True)
+
+
+def relaxation_gap(eng: Engine, X, c: int, k: int) -> tuple[float, float, float, float]:
+    """(relaxed lower bound, true value at its minimiser, gap from neurons with w < 0, from w >= 0) of
+    the tangent functional (F + beta u) . C x + beta c0 over the final set, with DeepZ's chord slopes
+    on every crossing neuron (float, a diagnostic): the coefficients minimising the relaxed functional
+    give a point of the set, where the true MLP is evaluated."""
+    from assay.prove import slopes
+    from assay.prove.engine import _box_mid
+
+    W = eng.W
+    rec = X.last_mlp
+    Y = X.center_coords()
+    _, _, bd, _, Aw, _, bb, _ = eng._unembed_differences(c)
+    beta = float(bb[k] + bd[k])
+    u, c0 = slopes.tangent(*_box_mid(Y), W.eps)
+    F = Aw[:, k] + max(beta, 0.0) * u
+    g = F - F.mean()
+    a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu")
+    w = rec.W_out @ g
+    sw = a * w
+    mid_t, p_t = {t.id: t for t in rec.mid.terms}, {t.id: t for t in rec.P.terms}
+    x, p = rec.mid.center.copy(), rec.P.center.copy()
+    relaxed = float(g @ rec.mid.center + g @ rec.b_out + (rec.P.center * a + b) @ w - mu @ np.abs(w))
+    for tid in set(mid_t) | set(p_t):
+        tm, tp = mid_t.get(tid), p_t.get(tid)
+        val, coef = slopes._minimiser(tm or tp, (tm.M @ g if tm else 0.0) + (tp.M @ sw if tp else 0.0))
+        relaxed += val
+        x = x + (coef @ tm.M if tm else 0.0)
+        p = p + (coef @ tp.M if tp else 0.0)
+    true = float(g @ (x + np.maximum(p, 0.0) @ rec.W_out + rec.b_out))
+    per = w * (np.maximum(p, 0.0) - (a * p + b - mu * np.sign(w)))
+    return relaxed + beta * c0, true + beta * c0, float(per[w < 0].sum()), float(per[w >= 0].sum())
 
 
 def term_supports(X, W, c: int, k: int) -> dict[str, float]:

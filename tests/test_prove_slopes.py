@@ -140,8 +140,12 @@ def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
     def bad_path(c):
         c["cases"][i]["alpha"][j]["path"] = "secant"
 
+    def bad_shift(c):
+        c["cases"][i]["alpha"][j]["shift"] = [0, 0]
+
     for change, msg in ((bad_value, "0 <= value <= 1"), (bad_neuron, "0 <= value <= 1"),
-                        (twice, "bad competitor"), (bad_path, "unknown slope path")):
+                        (twice, "bad competitor"), (bad_path, "unknown slope path"),
+                        (bad_shift, "distinct neuron indices")):
         with pytest.raises(CertificateError, match=msg):
             check(_forge(cert, change), model)
 
@@ -170,7 +174,7 @@ def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert
     V = model.cfg.d_vocab
     eng = Engine(W, cert["prefix"], cert["suffix"], np.arange(V), Options())
     chk = C.Checker(model, cert["prefix"], cert["suffix"], list(range(V)), {}, **C.METHODS["affine-lambda/4"])
-    n = 0
+    n = shifted = 0
     for case in cert["cases"]:
         for ev in case["alpha"]:
             X, _ = eng.final_set(case["L"], case["last"])
@@ -180,7 +184,8 @@ def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert
             checker = chk.margins(Xc, r.token, [], [ev])[k]
             assert prover == pytest.approx(float(checker.mid()), rel=1e-6, abs=1e-9)
             n += 1
-    assert n >= 1
+            shifted += bool(ev["shift"])
+    assert n >= 1 and shifted >= 1
 
 
 def test_slopes_are_skipped_after_the_first_unproven_case(monkeypatch):
@@ -266,9 +271,10 @@ def test_lower_bound_holds_at_sampled_points_of_the_sets(seed):
     for _ in range(4):
         F = rng.standard_normal(rec.mid.d)
         sl = rng.uniform(0, 1, rec.P.d)
-        bound = slopes.lower_bound(rec, F, np.zeros_like(F), sl, np.abs(y).max(axis=0) + 1.0)
         vals = y @ (F - F.mean())
-        assert vals.min() >= bound - 1e-9, (vals.min(), bound)
+        for shift in (None, rng.random(rec.P.d) < 0.5, np.ones(rec.P.d, dtype=bool)):
+            bound = slopes.lower_bound(rec, F, np.zeros_like(F), sl, np.abs(y).max(axis=0) + 1.0, shift)
+            assert vals.min() >= bound - 1e-9, (vals.min(), bound)
         best = slopes.lower_bound(rec, F, np.zeros_like(F), slopes.choose_slopes(rec, F),
                                   np.abs(y).max(axis=0) + 1.0)
         assert vals.min() >= best - 1e-9

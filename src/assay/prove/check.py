@@ -785,7 +785,7 @@ def mlp_out(P: CSet, lo: list, hi: list, lw: dict, act: str) -> CSet:
     return out
 
 
-def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict) -> arb:
+def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict, shift: set | None = None) -> arb:
     """A lower bound (exact arb) of F . C x over every final residual x (C the centring), where x = mid +
     relu(p) W_out + b_out with p in P; ``last`` = (mid, P, lo, hi, cache).
 
@@ -798,7 +798,8 @@ def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict) -> arb:
     + sum_n |w_n| (sig_n r_n + off_n), where relu(q + r) <= relu(q) + r+ and r+ <= sig r + off is its
     chord over the range [rlo, rhi] of r. All of it is linear in the coefficients of mid and P (which
     share term ids), so its minimum is a sum of supports; the row terms' support has per-row values
-    h_b - D_b . y."""
+    h_b - D_b . y. On the neurons of N- in ``shift``, relu(q + r) <= relu(q + r_hi) at both points of
+    each convex combination instead (r_hi moves into G; their r terms drop)."""
     mid, P, lo, hi, cache = last
     d = len(F)
     mean = sum(F, ZERO) / d
@@ -808,24 +809,26 @@ def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict) -> arb:
     rel = [relax(a, c, "relu", slopes.get(n)) for n, (a, c) in enumerate(zip(lo, hi, strict=True))]
     cross = [n for n, (a, c) in enumerate(zip(lo, hi, strict=True)) if a < 0 and c > 0]
     neg = set(n for n in cross if w[n] < 0)
+    sh = neg & (shift or set())
     pr = _slopes_prep(mid, P, cross, cache)
     aw = [-w[n] if n in neg else ZERO for n in range(len(w))]
-    v = [-aw[n] * pr["sig"][n] if n in neg else rel[n][0] * w[n] for n in range(len(w))]
+    v = [ZERO if n in sh else -aw[n] * pr["sig"][n] if n in neg else rel[n][0] * w[n] for n in range(len(w))]
     val = sum((c * x - b * abs(x) for c, b, x in zip(mid.center, mid.box, g, strict=True)), ZERO)
     val += sum((b * x for b, x in zip(lw["b_out"], g, strict=True)), ZERO)
     for n, (c, b) in enumerate(zip(P.center, P.box, strict=True)):
         val -= b * abs(v[n])
         if n not in neg:
             val += (c * rel[n][0] + rel[n][1]) * w[n] - rel[n][2] * abs(w[n])
-    G0 = sum((aw[n] * relu(P.center[n]) for n in neg), ZERO)
-    val -= G0 + sum((aw[n] * pr["off"][n] for n in neg), ZERO)
+    G0 = sum((aw[n] * relu(P.center[n] + (pr["rhi"][n] if n in sh else ZERO)) for n in neg), ZERO)
+    val -= G0 + sum((aw[n] * pr["off"][n] for n in neg - sh), ZERO)
     one = arb_mat([[ONE]])
     mid_t = {t.id: t for t in mid.terms}
     v_row = arb_mat([[ZERO if n in neg else v[n]] for n in range(len(v))])
-    awc = arb_mat([[aw[n]] for n in cross])
-    for t, (K, RQ) in zip(pr["rows"], pr["Q"], strict=True):
+    awa = arb_mat([[ZERO if n in sh else aw[n]] for n in cross])
+    awb = arb_mat([[aw[n] if n in sh else ZERO] for n in cross])
+    for t, (K, RQ, RQs) in zip(pr["rows"], pr["Q"], strict=True):
         y = mid_t[t.id].M * gm + t.M * v_row
-        Gb = (RQ * awc).entries()
+        Gb = (RQ * awa + RQs * awb).entries()
         xb = (t.V * y).entries()
         X = [[(gb - G0) / K - x] for gb, x in zip(Gb, xb, strict=True)]
         val -= pooled_max(X, t.pool)[0]
@@ -871,9 +874,11 @@ def _slopes_prep(mid: CSet, P: CSet, cross: list[int], cache: dict) -> dict:
         K = arb(len(rows)) * t.pool[3]
         Mc = arb_mat([[t.M[i, n] for n in cross] for i in range(t.M.nrows())])
         E = (t.V * Mc).tolist()
-        RQ = arb_mat([[relu(P.center[n] + K * e) for n, e in zip(cross, row, strict=True)] for row in E])
-        qs.append((K, RQ))
-    cache.update(rows=rows, others=others, sig=sig, off=off, Q=qs)
+        Q = [[P.center[n] + K * e for n, e in zip(cross, row, strict=True)] for row in E]
+        RQ = arb_mat([[relu(q) for q in row] for row in Q])
+        RQs = arb_mat([[relu(q + rhi[n]) for n, q in zip(cross, row, strict=True)] for row in Q])
+        qs.append((K, RQ, RQs))
+    cache.update(rows=rows, others=others, sig=sig, off=off, rhi=rhi, Q=qs)
     return cache
 
 
@@ -1311,20 +1316,21 @@ class Checker:
                 k = ev["k"]
                 F = [Aw[i, k] for i in range(Aw.nrows())]
                 beta = bb[k] + bd[k]
-                val = self.alpha_margin(last, lw, Y, F, beta, (s_lo, s_hi), ev["path"], dict(ev["slopes"]))
+                val = self.alpha_margin(last, lw, Y, F, beta, (s_lo, s_hi), ev["path"], dict(ev["slopes"]),
+                                        set(ev["shift"]))
                 best[k] = _emax([best[k], val])
         best[c] = None
         return best
 
     def alpha_margin(self, last: tuple, lw: dict, Y: CSet, F: list, beta: arb, sig: tuple, path: str,
-                     slopes: dict) -> arb:
+                     slopes: dict, shift: set) -> arb:
         """A lower bound of (F . y) / sigma(y) + beta over the centred final residuals y, from
         :func:`slopes_lower`. "quot": min(F . y) / sigma_(hi or lo) + beta. "tan": sigma(y) >= u . y + c0
         with u = ys / (d S), c0 = eps / S, S >= sigma(ys) (Cauchy-Schwarz: |(u sqrt d, c0 / sqrt eps)| <= 1),
         so for beta >= beta_lo > 0, F . y + beta sigma(y) >= (F + beta_lo u) . y + beta_lo c0 =: N and the
         margin (F . y + beta sigma) / sigma is at least N / sigma_hi (N >= 0) or N / sigma_lo."""
         if path == "quot":
-            lo = slopes_lower(last, lw, F, slopes)
+            lo = slopes_lower(last, lw, F, slopes, shift)
             return _lo((lo / sig[1] if lo >= 0 else lo / sig[0]) + beta)
         beta_lo = _lo(beta)
         if not beta_lo > 0:
@@ -1334,7 +1340,7 @@ class Checker:
         d = len(ys)
         S = _up((sum((y * y for y in ys), ZERO) / d + self.eps).sqrt())
         F2 = [f + beta_lo * y / (d * S) for f, y in zip(F, ys, strict=True)]
-        N = slopes_lower(last, lw, F2, slopes) + beta_lo * self.eps / S
+        N = slopes_lower(last, lw, F2, slopes, shift) + beta_lo * self.eps / S
         return _lo(N / sig[1]) if N >= 0 else _lo(N / sig[0])
 
 
@@ -1374,9 +1380,10 @@ def _close(claimed: float, exact: arb) -> bool:
 
 
 def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
-    """The case's per-competitor slopes (method /4): a list of {"k", "path", "slopes"} with distinct
-    competitors k != c, path "quot" or "tan", and [neuron, slope] pairs with distinct neurons and
-    0 <= slope <= 1 (any such slope is sound, so nothing else needs checking)."""
+    """The case's per-competitor slopes (method /4): a list of {"k", "path", "slopes", "shift"} with
+    distinct competitors k != c, path "quot" or "tan", [neuron, slope] pairs with distinct neurons and
+    0 <= slope <= 1, and distinct neurons in shift (any such slopes and shift are sound, so nothing else
+    needs checking)."""
     where = f"case {rec['L'], rec['last']}"
     if not allowed:
         if rec.get("alpha", []) != []:
@@ -1389,8 +1396,12 @@ def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
         _fail(f"{where}: per-competitor slopes need a ReLU MLP and a final LayerNorm")
     seen = set()
     for e in ev:
-        if not isinstance(e, dict) or set(e) != {"k", "path", "slopes"}:
+        if not isinstance(e, dict) or set(e) != {"k", "path", "slopes", "shift"}:
             _fail(f"{where}: bad per-competitor slope record")
+        shift = e["shift"]
+        if not isinstance(shift, list) or len(set(map(repr, shift))) != len(shift) or any(
+                isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < cfg.d_mlp for n in shift):
+            _fail(f"{where}: shift must be distinct neuron indices")
         k = e["k"]
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V or k == c or k in seen:
             _fail(f"{where}: bad competitor in the slopes")

@@ -454,8 +454,11 @@ class Engine:
             if alpha:
                 for ev in alpha:
                     k = ev["k"]
+                    shift = np.zeros(len(X.last_mlp.lo), dtype=bool)
+                    shift[ev.get("shift", [])] = True
                     out[k] = max(out[k], self._alpha_bound(X, Y, ev["path"], Aw[:, k], Awerr[:, k], bb[k] + bd[k],
-                                                           bberr[k] + bderr[k], (s_lo, s_hi), _slope_vector(X, ev))[0])
+                                                           bberr[k] + bderr[k], (s_lo, s_hi), _slope_vector(X, ev),
+                                                           shift)[0])
             return out, list(refine), list(alpha or [])
         # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
@@ -518,7 +521,7 @@ class Engine:
         return best, np.flatnonzero(needed).tolist(), evidence
 
     def _alpha_bound(self, X: AffineSet, Y: AffineSet, path: str, F, Ferr, beta: float, betaerr: float,
-                     sig: tuple[float, float], s: np.ndarray) -> tuple[float, bool]:
+                     sig: tuple[float, float], s: np.ndarray, shift: np.ndarray | None = None) -> tuple[float, bool]:
         """Lower bound of the margin against one competitor from the set with slopes ``s`` (slopes.py):
         F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta = b . (W_U[:, c] - W_U[:, k]) + db_U within
         betaerr, sig the sigma range of the centred final residual. ``path``: "quot" (the quotient
@@ -526,7 +529,7 @@ class Engine:
         rec, xabs = X.last_mlp, X.abs_bound()
         beta_lo = float(sum_bounds([np.array([beta]), -np.array([betaerr])])[0][0])
         if path == "quot":
-            lo = slopes.lower_bound(rec, F, Ferr, s, xabs)
+            lo = slopes.lower_bound(rec, F, Ferr, s, xabs, shift)
             q = np.nextafter(lo / (sig[1] if lo >= 0 else sig[0]), -np.inf)
             return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0]), True
         tg = slopes.tangent(*_box_mid(Y), self.W.eps) if beta_lo > 0 else None
@@ -534,7 +537,7 @@ class Engine:
             return -np.inf, False
         u, c0 = tg
         F2, F2err = slopes.with_tangent(F, Ferr, beta_lo, u)
-        N = float(sum_bounds([np.array([slopes.lower_bound(rec, F2, F2err, s, xabs)]),
+        N = float(sum_bounds([np.array([slopes.lower_bound(rec, F2, F2err, s, xabs, shift)]),
                               np.array([np.nextafter(beta_lo * c0, -np.inf)])])[0][0])
         return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf)), True
 
@@ -579,10 +582,12 @@ class Engine:
                     continue
                 Fp = F + (beta - betaerr) * tg[0]
             s = slopes.choose_slopes(rec, Fp) if search else a0
-            val, ok = self._alpha_bound(X, Y, path, F, Ferr, beta, betaerr, sig, s)
+            shift = slopes.choose_shift(rec, Fp, s)
+            val, ok = self._alpha_bound(X, Y, path, F, Ferr, beta, betaerr, sig, s, shift)
             if ok and val > best_val:
                 best_val = val
-                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in cross]}
+                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in cross],
+                           "shift": np.flatnonzero(shift & rec.crossing()).tolist()}
         return best_val, best_ev
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None,

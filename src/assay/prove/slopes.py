@@ -83,24 +83,29 @@ def _prepare(rec: LastMLP) -> dict:
         KE = K * E
         Q = p0[cross][None, :] + KE
         Qerr = up(K * Eerr + U * np.abs(KE) + U * np.abs(Q), 3)
-        qs.append((K, Q, Qerr))
+        # the same points with r at its upper end (for the neurons bounded that way, see lower_bound)
+        Qs = np.nextafter(Q + rhi[cross][None, :], np.inf)
+        qs.append((K, Q, Qerr, Qs))
     return {"mid_t": mid_t, "rows": rows, "others": others, "rlo": rlo, "rhi": rhi, "sig": sig, "off": off,
             "cross": cross, "Q": qs}
 
 
-def _pieces(rec: LastMLP, g: np.ndarray, slopes: np.ndarray | None):
+def _pieces(rec: LastMLP, g: np.ndarray, slopes: np.ndarray | None, shift: np.ndarray | None):
     """The per-neuron pieces of the bound for the (centred) functional g: w = W_out g, the neurons N-
-    (crossing, w < 0) bounded through convexity, and the functional v on P's non-row terms."""
+    (crossing, w < 0) bounded through convexity, those of them that take r at its upper end (``shift``,
+    a mask) and the functional v on P's non-row terms."""
     pr = rec.prep()
     a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu", slopes)
     w = rec.W_out @ g
     neg = rec.crossing() & (w < 0)
+    sh = neg & (np.zeros(len(w), dtype=bool) if shift is None else shift)
     aw = np.where(neg, -w, 0.0)
-    v = np.where(neg, -aw * pr["sig"], a * w)
-    return pr, a, b, mu, w, neg, aw, v
+    v = np.where(neg, np.where(sh, 0.0, -aw * pr["sig"]), a * w)
+    return pr, a, b, mu, w, neg, sh, aw, v
 
 
-def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarray, xabs: np.ndarray) -> float:
+def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarray, xabs: np.ndarray,
+                shift: np.ndarray | None = None) -> float:
     """Rigorous lower bound of F* . C x over every true final residual x (C the centring; F* any real
     vector within Ferr of F; |x| <= xabs elementwise), x = mid + relu(p) W_out + b_out with p in P.
 
@@ -110,12 +115,15 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
     (the row terms: attention weights w_ib >= 0 on rows b, E_b = D_b M, sum w / K <= 1; r the rest).
     Then p is a convex combination of p0 + r and the points p0 + r + K E_b, so
     G(p) <= G(p0) + sum_ib w_ib (G(p0 + K E_b) - G(p0)) / K + sum_n |w_n| (sig_n r_n + off_n),
-    using relu(q + r) <= relu(q) + r+ <= relu(q) + sig r + off for every q. Every piece is linear in
-    the coefficients; the row terms' part is their support with per-row values h_b - D_b y.
+    using relu(q + r) <= relu(q) + r+ <= relu(q) + sig r + off for every q; on the neurons in ``shift``,
+    relu(q + r) <= relu(q + r_hi) instead (both points of each convex combination), which moves r_hi into
+    G and drops their r terms. Every piece is linear in the coefficients; the row terms' part is their
+    support with per-row values h_b - D_b y.
     """
     g = F - F.mean()
-    pr, a, b, mu, w, neg, aw, v = _pieces(rec, g, slopes)
+    pr, a, b, mu, w, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
     d, m = len(F), len(w)
+    awA, awB = np.where(sh, 0.0, aw), np.where(sh, aw, 0.0)
     gerr = up(Ferr + float(np.mean(Ferr)) + gamma(d + 2) * float(np.abs(F).mean()) + U * np.abs(g), 4)
     werr = up(gamma(d) * (np.abs(rec.W_out) @ np.abs(g)))
     pabs = np.maximum(np.abs(rec.lo), np.abs(rec.hi))
@@ -124,8 +132,9 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
     p0 = rec.P.center
     pos = ~neg
     # constants (lower bounds), and the rounding of every float product used as an exact number
-    G0_lo = float(down(np.maximum(p0, 0.0) @ aw, m + 2))
-    G0_hi = float(up(np.maximum(p0, 0.0) @ aw, m + 2))
+    z0_lo, z0_hi = np.nextafter(p0 + pr["rhi"], -np.inf), np.nextafter(p0 + pr["rhi"], np.inf)
+    G0_lo = float(down(np.maximum(p0, 0.0) @ awA + np.maximum(z0_lo, 0.0) @ awB, m + 4))
+    G0_hi = float(up(np.maximum(p0, 0.0) @ awA + np.maximum(z0_hi, 0.0) @ awB, m + 4))
     lows = [
         np.array([float(rec.mid.center @ g)]),
         -np.array([float(up(gamma(d) * float(np.abs(rec.mid.center) @ np.abs(g)), 2))]),
@@ -135,7 +144,7 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
         -np.array([float(up((np.abs(w) * mu)[pos].sum()
                             + (3 * U + gamma(m + 2)) * (np.abs(v * p0) + np.abs(w * b))[pos].sum(), m + 4))]),
         -np.array([G0_hi]),
-        -np.array([float(up(aw @ pr["off"], m + 2))]),
+        -np.array([float(up(awA @ pr["off"], m + 2))]),
         -np.array([float(up(rec.mid.box @ np.abs(g) + rec.P.box @ vabs, m + d + 2))]),
         -np.array([float(up(werr @ np.maximum(rec.hi, 0.0) + gerr @ xabs
                             + 2 * U * (vabs @ np.where(neg, rabs, pabs)), m + d + 4))]),
@@ -143,10 +152,12 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
     mid_t = pr["mid_t"]
     # the row terms: -sup over their weights of sum_ib w_ib (h_b - D_b . y)
     v_row = np.where(neg, 0.0, v)
-    for t, (K, Q, Qerr) in zip(pr["rows"], pr["Q"], strict=True):
+    cr = pr["cross"]
+    for t, (K, Q, Qerr, Qs) in zip(pr["rows"], pr["Q"], strict=True):
         tm = mid_t[t.id]
         B, EB = _combined(tm, g, t, v_row)
-        Gb = up(np.maximum(np.nextafter(Q + Qerr, np.inf), 0.0) @ aw[pr["cross"]], len(pr["cross"]) + 2)
+        Gb = up(np.maximum(np.nextafter(Q + Qerr, np.inf), 0.0) @ awA[cr]
+                + np.maximum(np.nextafter(Qs + Qerr, np.inf), 0.0) @ awB[cr], len(cr) + 4)
         diff = Gb - G0_lo
         h = next_up(next_up(diff + U * np.abs(diff)) / K)
         h = next_up(h + U * np.abs(h))
@@ -236,18 +247,21 @@ def _minimiser(t: Term, x: np.ndarray) -> tuple[float, np.ndarray]:
     return -vm, cm
 
 
-def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | None = None):
+def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | None = None,
+                 shift: np.ndarray | None = None):
     """The bound of :func:`lower_bound` in plain floating point (no error terms), the minimiser's
     pre-activations p*, w and the row values h (``hs``: reused, they do not depend on the slopes): only
-    to guide the slope search."""
-    pr, a, b, mu, w, neg, aw, v = _pieces(rec, g, slopes)
+    to guide the search."""
+    pr, a, b, mu, w, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
+    awA, awB = np.where(sh, 0.0, aw), np.where(sh, aw, 0.0)
     p0 = rec.P.center
     pos = ~neg
-    G0 = float(np.maximum(p0, 0.0) @ aw)
+    cr = pr["cross"]
+    G0 = float(np.maximum(p0, 0.0) @ awA + np.maximum(p0 + pr["rhi"], 0.0) @ awB)
     if hs is None:
-        hs = [(np.maximum(Q, 0.0) @ aw[pr["cross"]] - G0) / K for K, Q, _ in pr["Q"]]
+        hs = [(np.maximum(Q, 0.0) @ awA[cr] + np.maximum(Qs, 0.0) @ awB[cr] - G0) / K for K, Q, _, Qs in pr["Q"]]
     val = float(rec.mid.center @ g + rec.b_out @ g + (v * p0 + w * b - np.abs(w) * mu)[pos].sum())
-    val -= G0 + float(aw @ pr["off"]) + float(rec.mid.box @ np.abs(g) + rec.P.box @ np.abs(v))
+    val -= G0 + float(awA @ pr["off"]) + float(rec.mid.box @ np.abs(g) + rec.P.box @ np.abs(v))
     pstar = p0.copy()
     mid_t = pr["mid_t"]
     v_row = np.where(neg, 0.0, v)
@@ -290,6 +304,23 @@ def choose_slopes(rec: LastMLP, F: np.ndarray, iters: int = ITERS, step: float =
         grad = np.where(free, w * pstar, 0.0)
         rms = grad * grad if rms is None else 0.9 * rms + 0.1 * grad * grad
         s = np.where(free, np.clip(s + step / np.sqrt(1.0 + it) * grad / (np.sqrt(rms) + 1e-300), 0.0, 1.0), s)
+    return best
+
+
+SHIFT_RATIOS = (1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def choose_shift(rec: LastMLP, F: np.ndarray, slopes: np.ndarray) -> np.ndarray:
+    """Which neurons of N- take r at its upper end in :func:`lower_bound` (a mask): those whose range
+    ends below ratio * r_hi, for the ratio (or none) with the best float bound. Any mask is sound."""
+    g = F - F.mean()
+    pr = rec.prep()
+    best_val, best = _float_lower(rec, g, slopes)[0], np.zeros(len(rec.lo), dtype=bool)
+    for ratio in SHIFT_RATIOS:
+        mask = rec.hi < ratio * pr["rhi"]
+        val = _float_lower(rec, g, slopes, shift=mask)[0]
+        if val > best_val:
+            best_val, best = val, mask
     return best
 
 
