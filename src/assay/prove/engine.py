@@ -110,10 +110,11 @@ class Options:
     # a case the bound above does not prove (0: off; ReLU models only).
     max_alpha: int = 128
     alpha_below: float = 0.0  # ... when the case's least margin is at or below this (1e9: every case)
+    alpha_floor: float = -25.0  # ... and above this (a case this far below 0 is not worth the search)
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds,
-                "max_alpha": self.max_alpha, "alpha_below": self.alpha_below}
+                "max_alpha": self.max_alpha, "alpha_below": self.alpha_below, "alpha_floor": self.alpha_floor}
 
 
 class Engine:
@@ -487,9 +488,10 @@ class Engine:
         stage: dict[int, int] = {}
         treated: dict[int, dict] = {}
         before = best.copy()  # each competitor's bound without slopes
-        if rec is not None and self.use_slopes and W.lnf_w is not None and best.min() <= self.opts.alpha_below:
-            searches = 0
-            while searches < self.opts.max_alpha:
+        if (rec is not None and self.use_slopes and W.lnf_w is not None
+                and self.opts.alpha_floor < best.min() <= self.opts.alpha_below):
+            searches = quick = 0
+            while searches < self.opts.max_alpha and quick < 8 * self.opts.max_alpha:
                 k = int(np.argmin(best))
                 if not refined[k]:
                     # k and every other unrefined competitor at or below its bound, in one batch
@@ -503,6 +505,7 @@ class Engine:
                     break
                 stage[k] = st + 1
                 searches += st
+                quick += 1 - st
                 val, ev = self._best_alpha(X, Y, rec, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k],
                                            (s_lo, s_hi), search=st == 1)
                 if val > best[k]:
