@@ -110,7 +110,7 @@ class Options:
     # a case the bound above does not prove (0: off; ReLU models only).
     max_alpha: int = 128
     alpha_below: float = 0.0  # ... when the case's least margin is at or below this (1e9: every case)
-    alpha_floor: float = -25.0  # ... and above this (a case this far below 0 is not worth the search)
+    alpha_floor: float = -50.0  # ... and above this (a case this far below 0 is not worth the search)
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds,
