@@ -163,8 +163,8 @@ def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
 
 
 def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert):
-    # Two different derivations (prover: a set with the slopes, then its support; checker: the support of
-    # a functional of mid and P, in arb) of the same bound: equal up to rounding.
+    # Two derivations of the same bound (prover: floating point with error terms; checker: arb, with its
+    # own ranges, chords and row values): equal up to rounding.
     import importlib
 
     C = importlib.import_module("assay.prove.check")
@@ -210,7 +210,8 @@ def test_slopes_are_skipped_after_the_first_unproven_case(monkeypatch):
 
 
 def _synthetic_last_mlp(rng, d=6, m=12):
-    """A LastMLP with two row terms (pooled terms shared by mid and P, as two heads make), a zonotope
+    """A LastMLP with two row terms (pooled terms shared by mid and P, as two heads make; one with two
+    groups of positions), a zonotope
     shared by both, and P-only terms (a zonotope, a signed copy of a row term), centred so that most
     neurons cross 0."""
     from assay.prove.affine import AffineSet, Term, make_pooled, new_id, signed_copy
@@ -218,9 +219,11 @@ def _synthetic_last_mlp(rng, d=6, m=12):
     mid = AffineSet.point(rng.standard_normal(d), np.abs(rng.standard_normal(d)) * 1e-3)
     P = AffineSet.point(rng.standard_normal(m) * 0.3, np.abs(rng.standard_normal(m)) * 1e-3)
     rows = []
-    for _ in range(2):
+    for h in range(2):
         k, N = 3, 7
-        t = make_pooled(rng.standard_normal((N, k)), rng.uniform(0.1, 0.6, N), np.array([0]), np.array([3.0]),
+        # one group of three positions, or two groups (rows 0-2 and 3-6) of two and one positions
+        starts, mult = (np.array([0]), np.array([3.0])) if h == 0 else (np.array([0, 3]), np.array([2.0, 1.0]))
+        t = make_pooled(rng.standard_normal((N, k)), rng.uniform(0.1, 0.6, N), starts, mult,
                         float(rng.uniform(0.3, 1.2)), rng.standard_normal((k, d)))
         mid.terms.append(t)
         P.terms.append(t.with_M(rng.standard_normal((k, m))))

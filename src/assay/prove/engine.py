@@ -575,7 +575,8 @@ class Engine:
         (``search``) or the chord slopes; the evidence names the path and the searched slopes of the
         crossing neurons (none: the chord's)."""
         best_val, best_ev = -np.inf, None
-        cross = np.flatnonzero(rec.crossing()) if search else np.array([], dtype=np.int64)
+        cross = rec.crossing() & (rec.W_out @ (F - F.mean()) >= 0)  # the neurons whose slopes are used
+        cross = np.flatnonzero(cross) if search else np.array([], dtype=np.int64)
         a0 = rules.relax_activation(rec.lo, rec.hi, "relu")[0]
         for path in ("quot", "tan"):
             Fp = F

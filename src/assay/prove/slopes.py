@@ -1,14 +1,15 @@
-"""Per-competitor ReLU slopes and the tangent bound of the final LayerNorm (method /4).
+"""Per-competitor ReLU slopes, convexity along the attention rows, and the tangent bound of the final
+LayerNorm (method /4): :func:`lower_bound`, a rigorous lower bound of one linear functional of the final
+residual over every input, and the float searches that choose its free parameters.
 
-The last MLP's relaxation (rules.mlp_from_preacts) holds relu(p) in a p + b + [-mu, mu] for *any*
-slope a in [0, 1] on a neuron whose range crosses 0: relu(p) - a p is convex and piecewise linear with
-its kink at 0, so its range over [lo, hi] is the hull of its values at lo, 0 and hi. The chord slope
-(DeepZ) is the best single choice for the whole set; for one linear functional F of the final
-residual, a neuron whose weight w_n = W_out[n] . F is positive is better served by a slope near 0 or
-1, depending on where the minimiser of F sits (alpha-CROWN's observation). So each competitor that
-decides the case gets its own slopes: a float search picks them (:func:`choose_slopes`), and the bound
-itself is the rigorous support of F over the set built with those slopes (:func:`set_with_slopes`),
-valid whatever the slopes are.
+The last MLP's relaxation holds relu(p) in a p + b + [-mu, mu] for *any* slope a in [0, 1] on a neuron
+whose range crosses 0: relu(p) - a p is convex and piecewise linear with its kink at 0, so its range
+over [lo, hi] is the hull of its values at lo, 0 and hi. The chord slope (DeepZ) is the best single
+choice for the whole set; for one functional, a neuron with w_n = W_out[n] . C F >= 0 is better served
+by a slope near 0 or 1, depending on where the minimiser sits (alpha-CROWN's observation), and a float
+search picks the slopes (:func:`choose_slopes`). The crossing neurons with w_n < 0 are bounded through
+the convexity of their sum along the attention rows instead of one chord each (:func:`lower_bound`).
+Whatever the slopes and the ``shift`` mask, the bound is valid.
 
 The final LayerNorm divides by sigma(y) = |(y / sqrt d, sqrt eps)|_2. For every (u, c0) with
 d |u|^2 + c0^2 / eps <= 1, Cauchy-Schwarz gives sigma(y) >= u . y + c0 (:func:`tangent`, which takes
@@ -97,7 +98,8 @@ def _pieces(rec: LastMLP, g: np.ndarray, slopes: np.ndarray | None, shift: np.nd
     pr = rec.prep()
     a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu", slopes)
     w = rec.W_out @ g
-    neg = rec.crossing() & (w < 0)
+    # N-: w_n < 0 beyond its rounding, so that the checker (which needs the whole ball below 0) agrees
+    neg = rec.crossing() & (w < -up(gamma(len(g)) * (np.abs(rec.W_out) @ np.abs(g))))
     sh = neg & (np.zeros(len(w), dtype=bool) if shift is None else shift)
     aw = np.where(neg, -w, 0.0)
     v = np.where(neg, np.where(sh, 0.0, -aw * pr["sig"]), a * w)
@@ -124,7 +126,7 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
     pr, a, b, mu, w, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
     d, m = len(F), len(w)
     awA, awB = np.where(sh, 0.0, aw), np.where(sh, aw, 0.0)
-    gerr = up(Ferr + float(np.mean(Ferr)) + gamma(d + 2) * float(np.abs(F).mean()) + U * np.abs(g), 4)
+    gerr = up(Ferr + float(up(np.mean(Ferr), d + 2)) + gamma(d + 2) * float(np.abs(F).mean()) + U * np.abs(g), 4)
     werr = up(gamma(d) * (np.abs(rec.W_out) @ np.abs(g)))
     pabs = np.maximum(np.abs(rec.lo), np.abs(rec.hi))
     rabs = np.maximum(np.abs(pr["rlo"]), np.abs(pr["rhi"]))
@@ -162,8 +164,9 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
         h = next_up(next_up(diff + U * np.abs(diff)) / K)
         h = next_up(h + U * np.abs(h))
         VB = t.V @ B
-        rowerr = up(row_norms(t.V) * (gamma(len(B)) * float(np.linalg.norm(B)) + float(np.linalg.norm(EB))), 4)
-        X = next_up(next_up(h - VB) + U * np.abs(h - VB)) + rowerr
+        rowerr = up(row_norms(t.V) * (gamma(len(B)) * float(row_norms(B[None, :])[0])
+                                      + float(row_norms(EB[None, :])[0])), 4)
+        X = next_up(next_up(next_up(h - VB) + U * np.abs(h - VB)) + rowerr)
         lows.append(-pooled_max(X[:, None], *t.pool))
     row_ids = {t.id for t in pr["rows"]}
     p_t = {t.id: t for t in pr["others"]}
@@ -182,10 +185,10 @@ def _combined(tm: Term | None, g: np.ndarray, tp: Term | None, v: np.ndarray | N
     B, EB = 0.0, 0.0
     if tm is not None:
         Bm = tm.M @ g
-        B, EB = Bm, gamma(len(g)) * row_norms(tm.M) * float(np.linalg.norm(g))
+        B, EB = Bm, gamma(len(g)) * row_norms(tm.M) * float(row_norms(g[None, :])[0])
     if tp is not None:
         Bp = tp.M @ v
-        EB = EB + gamma(len(v)) * row_norms(tp.M) * float(np.linalg.norm(v))
+        EB = EB + gamma(len(v)) * row_norms(tp.M) * float(row_norms(v[None, :])[0])
         B = B + Bp
     B = np.asarray(B, dtype=np.float64)
     return B, up(EB + U * np.abs(B), 3)
