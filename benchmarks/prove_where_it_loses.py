@@ -128,14 +128,15 @@ def relaxation_gap(eng: Engine, X, c: int, k: int) -> tuple[float, float, float,
     on every crossing neuron (float, a diagnostic): the coefficients minimising the relaxed functional
     give a point of the set, where the true MLP is evaluated."""
     from assay.prove import slopes
-    from assay.prove.engine import _box_mid
+    from assay.prove.engine import SlopeCase
 
     W = eng.W
-    rec = X.last_mlp
     Y = X.center_coords()
+    sc = SlopeCase.of(X, Y, rules.sigma_range(Y, W.eps), W.eps)
+    rec = sc.rec
     _, _, bd, _, Aw, _, bb, _ = eng._unembed_differences(c)
     beta = float(bb[k] + bd[k])
-    u, c0 = slopes.tangent(*_box_mid(Y), W.eps)
+    u, c0 = sc.tangent
     F = Aw[:, k] + max(beta, 0.0) * u
     g = F - F.mean()
     a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu")

@@ -51,19 +51,34 @@ def _finite_set(X: AffineSet) -> bool:
     return all(bool(np.isfinite(a).all()) for a in arrs)
 
 
-def _box_mid(Y: AffineSet) -> tuple[np.ndarray]:
-    """(the midpoint of Y's bounding box,): the tangent point of the final LayerNorm's sigma."""
-    lo, hi = Y.coord_bounds()
-    return (0.5 * (lo + hi),)
+@dataclass
+class SlopeCase:
+    """What the slope bound (slopes.py) of one case shares across its competitors: the last MLP, a bound
+    of |x| over the final residual X, the sigma range of the centred set and the tangent plane of sigma
+    at its box midpoint (None if it could not be verified)."""
 
+    rec: slopes.LastMLP
+    xabs: np.ndarray
+    sig: tuple[float, float]
+    tangent: tuple[np.ndarray, float] | None
 
-def _slope_vector(X: AffineSet, ev: dict) -> np.ndarray:
-    """The slopes of an evidence record as a vector over the last MLP's neurons (NaN: default)."""
-    s = np.full(len(X.last_mlp.lo), np.nan)
-    for n, v in ev["slopes"]:
-        s[n] = v
-    a0, _, _ = rules.relax_activation(X.last_mlp.lo, X.last_mlp.hi, "relu")
-    return np.where(np.isnan(s), a0, s)
+    @staticmethod
+    def of(X: AffineSet, Y: AffineSet, sig: tuple[float, float], eps: float) -> SlopeCase:
+        lo, hi = Y.coord_bounds()
+        return SlopeCase(X.last_mlp, X.abs_bound(), sig, slopes.tangent(0.5 * (lo + hi), eps))
+
+    def chord(self) -> np.ndarray:
+        """DeepZ's slopes of the last MLP."""
+        return rules.relax_activation(self.rec.lo, self.rec.hi, "relu")[0]
+
+    def evidence_slopes(self, ev: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The slopes (the chord's where the record names none) and the shift mask of an evidence record."""
+        s = self.chord()
+        shift = np.zeros(len(s), dtype=bool)
+        for n, v in ev["slopes"]:
+            s[n] = v
+        shift[ev["shift"]] = True
+        return s, shift
 
 
 @dataclass
@@ -453,13 +468,11 @@ class Engine:
         if refine is not None:
             out = cheap if not refine else np.maximum(cheap, evaluate(np.array(refine, dtype=np.int64)))
             if alpha:
+                sc = SlopeCase.of(X, Y, (s_lo, s_hi), W.eps)
                 for ev in alpha:
                     k = ev["k"]
-                    shift = np.zeros(len(X.last_mlp.lo), dtype=bool)
-                    shift[ev.get("shift", [])] = True
-                    out[k] = max(out[k], self._alpha_bound(X, Y, ev["path"], Aw[:, k], Awerr[:, k], bb[k] + bd[k],
-                                                           bberr[k] + bderr[k], (s_lo, s_hi), _slope_vector(X, ev),
-                                                           shift)[0])
+                    out[k] = max(out[k], self._alpha_bound(sc, ev["path"], Aw[:, k], Awerr[:, k], bb[k] + bd[k],
+                                                           bberr[k] + bderr[k], *sc.evidence_slopes(ev)))
             return out, list(refine), list(alpha or [])
         # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
@@ -490,6 +503,7 @@ class Engine:
         before = best.copy()  # each competitor's bound without slopes
         if (rec is not None and self.use_slopes and W.lnf_w is not None
                 and self.opts.alpha_floor < best.min() <= self.opts.alpha_below):
+            sc = SlopeCase.of(X, Y, (s_lo, s_hi), W.eps)
             searches = quick = 0
             while searches < self.opts.max_alpha and quick < 8 * self.opts.max_alpha:
                 k = int(np.argmin(best))
@@ -506,8 +520,8 @@ class Engine:
                 stage[k] = st + 1
                 searches += st
                 quick += 1 - st
-                val, ev = self._best_alpha(X, Y, rec, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k],
-                                           (s_lo, s_hi), search=st == 1)
+                val, ev = self._best_alpha(sc, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k],
+                                           search=st == 1)
                 if val > best[k]:
                     treated[k] = ev
                     best[k] = val
@@ -523,26 +537,25 @@ class Engine:
         needed = refined & (cheap <= low + slack) & ~with_slopes
         return best, np.flatnonzero(needed).tolist(), evidence
 
-    def _alpha_bound(self, X: AffineSet, Y: AffineSet, path: str, F, Ferr, beta: float, betaerr: float,
-                     sig: tuple[float, float], s: np.ndarray, shift: np.ndarray | None = None) -> tuple[float, bool]:
-        """Lower bound of the margin against one competitor from the set with slopes ``s`` (slopes.py):
-        F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta = b . (W_U[:, c] - W_U[:, k]) + db_U within
-        betaerr, sig the sigma range of the centred final residual. ``path``: "quot" (the quotient
-        bound) or "tan" (the tangent bound, beta > 0 only). Returns (bound, usable)."""
-        rec, xabs = X.last_mlp, X.abs_bound()
+    def _alpha_bound(self, sc: SlopeCase, path: str, F, Ferr, beta: float, betaerr: float, s: np.ndarray,
+                     shift: np.ndarray) -> float:
+        """Lower bound of the margin against one competitor by the slope bound with slopes ``s`` and the
+        ``shift`` mask (slopes.lower_bound): F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta =
+        b . (W_U[:, c] - W_U[:, k]) + db_U within betaerr. ``path``: "quot" (the quotient bound) or "tan"
+        (the tangent bound; -inf unless beta > 0 and the tangent plane was verified)."""
+        sig = sc.sig
         beta_lo = float(sum_bounds([np.array([beta]), -np.array([betaerr])])[0][0])
         if path == "quot":
-            lo = slopes.lower_bound(rec, F, Ferr, s, xabs, shift)
+            lo = slopes.lower_bound(sc.rec, F, Ferr, s, sc.xabs, shift)
             q = np.nextafter(lo / (sig[1] if lo >= 0 else sig[0]), -np.inf)
-            return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0]), True
-        tg = slopes.tangent(*_box_mid(Y), self.W.eps) if beta_lo > 0 else None
-        if tg is None:
-            return -np.inf, False
-        u, c0 = tg
+            return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0])
+        if sc.tangent is None or not beta_lo > 0:
+            return -np.inf
+        u, c0 = sc.tangent
         F2, F2err = slopes.with_tangent(F, Ferr, beta_lo, u)
-        N = float(sum_bounds([np.array([slopes.lower_bound(rec, F2, F2err, s, xabs, shift)]),
+        N = float(sum_bounds([np.array([slopes.lower_bound(sc.rec, F2, F2err, s, sc.xabs, shift)]),
                               np.array([np.nextafter(beta_lo * c0, -np.inf)])])[0][0])
-        return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf)), True
+        return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf))
 
     def _unembed_differences(self, c: int):
         """A = W_U[:, c] - W_U[:, k] per column and bd = b_U[c] - b_U (floats within Aerr, bderr of the
@@ -562,35 +575,33 @@ class Engine:
         return A, Aerr, bd, bderr, Aw, Awerr, bb, bberr
 
     def alpha_margins(self, X: AffineSet, c: int, ks) -> np.ndarray:
-        """The per-competitor-slopes bound (the better of its two paths) of logit[c] - logit[k] for each k
+        """The slope bound (the better of its two paths, slopes searched) of logit[c] - logit[k] for each k
         in ks, X the final residual's set from :meth:`final_set` (ReLU models with a final LayerNorm)."""
         _, _, bd, bderr, Aw, Awerr, bb, bberr = self._unembed_differences(c)
         Y = X.center_coords()
-        sig = rules.sigma_range(Y, self.W.eps)
-        return np.array([self._best_alpha(X, Y, X.last_mlp, Aw[:, k], Awerr[:, k], bb[k] + bd[k],
-                                          bberr[k] + bderr[k], sig)[0] for k in ks])
+        sc = SlopeCase.of(X, Y, rules.sigma_range(Y, self.W.eps), self.W.eps)
+        return np.array([self._best_alpha(sc, Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k])[0]
+                         for k in ks])
 
-    def _best_alpha(self, X, Y, rec, F, Ferr, beta, betaerr, sig, search: bool = True) -> tuple[float, dict]:
+    def _best_alpha(self, sc: SlopeCase, F, Ferr, beta, betaerr, search: bool = True) -> tuple[float, dict]:
         """The better of the quotient and tangent bounds, each with slopes chosen for its own functional
-        (``search``) or the chord slopes; the evidence names the path and the searched slopes of the
-        crossing neurons (none: the chord's)."""
+        (``search``) or the chord slopes, and a shift mask chosen for it; the evidence names the path, the
+        searched slopes of the neurons that use them (none: the chord's) and the shifted neurons."""
+        rec = sc.rec
         best_val, best_ev = -np.inf, None
-        cross = rec.crossing() & (rec.W_out @ (F - F.mean()) >= 0)  # the neurons whose slopes are used
-        cross = np.flatnonzero(cross) if search else np.array([], dtype=np.int64)
-        a0 = rules.relax_activation(rec.lo, rec.hi, "relu")[0]
+        used = np.flatnonzero(rec.crossing() & (rec.W_out @ (F - F.mean()) >= 0)) if search else []
         for path in ("quot", "tan"):
             Fp = F
             if path == "tan":
-                tg = slopes.tangent(*_box_mid(Y), self.W.eps)
-                if tg is None or not beta - betaerr > 0:
+                if sc.tangent is None or not beta - betaerr > 0:
                     continue
-                Fp = F + (beta - betaerr) * tg[0]
-            s = slopes.choose_slopes(rec, Fp) if search else a0
+                Fp = F + (beta - betaerr) * sc.tangent[0]
+            s = slopes.choose_slopes(rec, Fp) if search else sc.chord()
             shift = slopes.choose_shift(rec, Fp, s)
-            val, ok = self._alpha_bound(X, Y, path, F, Ferr, beta, betaerr, sig, s, shift)
-            if ok and val > best_val:
+            val = self._alpha_bound(sc, path, F, Ferr, beta, betaerr, s, shift)
+            if val > best_val:
                 best_val = val
-                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in cross],
+                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in used],
                            "shift": np.flatnonzero(shift & rec.crossing()).tolist()}
         return best_val, best_ev
 

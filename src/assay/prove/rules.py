@@ -443,11 +443,10 @@ def preact_set(X: AffineSet, W_in, b_in, ln: LNExpansion | None = None,
     return P, lo, hi
 
 
-def mlp_from_preacts(P: AffineSet, lo: np.ndarray, hi: np.ndarray, W_out, b_out, act: str,
-                     slopes: np.ndarray | None = None) -> AffineSet:
+def mlp_from_preacts(P: AffineSet, lo: np.ndarray, hi: np.ndarray, W_out, b_out, act: str) -> AffineSet:
     """A set containing act(p) W_out + b_out for every p in P with lo <= p <= hi: the relaxation of
-    :func:`relax_activation` (with its ``slopes``), one zonotope generator per inexact neuron."""
-    a, b, mu = relax_activation(lo, hi, act, slopes)
+    :func:`relax_activation`, one zonotope generator per inexact neuron."""
+    a, b, mu = relax_activation(lo, hi, act)
     H = P.scale(a).shift(b)
     out = H.affine(W_out, b_out)
     # Relaxation errors of rounding size go to the box; the others are the zonotope's generators.
@@ -650,7 +649,9 @@ __all__ = [
     "head_output_set",
     "ln_points",
     "ln_set",
+    "mlp_from_preacts",
     "mlp_set",
+    "preact_set",
     "relax_activation",
     "rope_cos_sin",
     "rotate",

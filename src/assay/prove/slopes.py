@@ -87,23 +87,26 @@ def _prepare(rec: LastMLP) -> dict:
         # the same points with r at its upper end (for the neurons bounded that way, see lower_bound)
         Qs = np.nextafter(Q + rhi[cross][None, :], np.inf)
         qs.append((K, Q, Qerr, Qs))
-    return {"mid_t": mid_t, "rows": rows, "others": others, "rlo": rlo, "rhi": rhi, "sig": sig, "off": off,
-            "cross": cross, "Q": qs}
+    p_ids = {t.id for t in rec.P.terms}
+    mid_only = [t for t in rec.mid.terms if t.id not in p_ids]
+    return {"mid_t": mid_t, "rows": rows, "others": others, "mid_only": mid_only, "rlo": rlo, "rhi": rhi,
+            "sig": sig, "off": off, "cross": cross, "Q": qs}
 
 
 def _pieces(rec: LastMLP, g: np.ndarray, slopes: np.ndarray | None, shift: np.ndarray | None):
     """The per-neuron pieces of the bound for the (centred) functional g: w = W_out g, the neurons N-
     (crossing, w < 0) bounded through convexity, those of them that take r at its upper end (``shift``,
-    a mask) and the functional v on P's non-row terms."""
+    a mask), the functional v on P's non-row terms, and werr >= |fl(W_out g) - W_out g|."""
     pr = rec.prep()
     a, b, mu = rules.relax_activation(rec.lo, rec.hi, "relu", slopes)
     w = rec.W_out @ g
+    werr = up(gamma(len(g)) * (np.abs(rec.W_out) @ np.abs(g)))
     # N-: w_n < 0 beyond its rounding, so that the checker (which needs the whole ball below 0) agrees
-    neg = rec.crossing() & (w < -up(gamma(len(g)) * (np.abs(rec.W_out) @ np.abs(g))))
+    neg = rec.crossing() & (w < -werr)
     sh = neg & (np.zeros(len(w), dtype=bool) if shift is None else shift)
     aw = np.where(neg, -w, 0.0)
     v = np.where(neg, np.where(sh, 0.0, -aw * pr["sig"]), a * w)
-    return pr, a, b, mu, w, neg, sh, aw, v
+    return pr, a, b, mu, w, werr, neg, sh, aw, v
 
 
 def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarray, xabs: np.ndarray,
@@ -123,11 +126,10 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
     support with per-row values h_b - D_b y.
     """
     g = F - F.mean()
-    pr, a, b, mu, w, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
+    pr, a, b, mu, w, werr, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
     d, m = len(F), len(w)
     awA, awB = np.where(sh, 0.0, aw), np.where(sh, aw, 0.0)
     gerr = up(Ferr + float(up(np.mean(Ferr), d + 2)) + gamma(d + 2) * float(np.abs(F).mean()) + U * np.abs(g), 4)
-    werr = up(gamma(d) * (np.abs(rec.W_out) @ np.abs(g)))
     pabs = np.maximum(np.abs(rec.lo), np.abs(rec.hi))
     rabs = np.maximum(np.abs(pr["rlo"]), np.abs(pr["rhi"]))
     vabs = np.abs(v)
@@ -168,15 +170,12 @@ def lower_bound(rec: LastMLP, F: np.ndarray, Ferr: np.ndarray, slopes: np.ndarra
                                       + float(row_norms(EB[None, :])[0])), 4)
         X = next_up(next_up(next_up(h - VB) + U * np.abs(h - VB)) + rowerr)
         lows.append(-pooled_max(X[:, None], *t.pool))
-    row_ids = {t.id for t in pr["rows"]}
-    p_t = {t.id: t for t in pr["others"]}
     for t in pr["others"]:
         B, EB = _combined(mid_t.get(t.id), g, t, v)
         lows.append(support_from(t, B[:, None], EB[:, None])[0])
-    for tid, t in mid_t.items():
-        if tid not in row_ids and tid not in p_t:
-            B, EB = _combined(t, g, None, None)
-            lows.append(support_from(t, B[:, None], EB[:, None])[0])
+    for t in pr["mid_only"]:
+        B, EB = _combined(t, g, None, None)
+        lows.append(support_from(t, B[:, None], EB[:, None])[0])
     return float(sum_bounds(lows)[0][0])
 
 
@@ -255,7 +254,7 @@ def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | Non
     """The bound of :func:`lower_bound` in plain floating point (no error terms), the minimiser's
     pre-activations p*, w and the row values h (``hs``: reused, they do not depend on the slopes): only
     to guide the search."""
-    pr, a, b, mu, w, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
+    pr, a, b, mu, w, _, neg, sh, aw, v = _pieces(rec, g, slopes, shift)
     awA, awB = np.where(sh, 0.0, aw), np.where(sh, aw, 0.0)
     p0 = rec.P.center
     pos = ~neg
@@ -273,17 +272,14 @@ def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | Non
         best, coef = _pooled_argmax(t, h - t.V @ y)
         val -= best
         pstar = pstar + coef @ t.M
-    row_ids = {t.id for t in pr["rows"]}
-    p_ids = {t.id for t in pr["others"]}
     for t in pr["others"]:
         tm = mid_t.get(t.id)
         x = t.M @ v + (tm.M @ g if tm is not None else 0.0)
         val_t, coef = _minimiser(t, x)
         val += val_t
         pstar = pstar + coef @ t.M
-    for tid, t in mid_t.items():
-        if tid not in row_ids and tid not in p_ids:
-            val += _minimiser(t, t.M @ g)[0]
+    for t in pr["mid_only"]:
+        val += _minimiser(t, t.M @ g)[0]
     return val, pstar, w, hs
 
 
