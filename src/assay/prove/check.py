@@ -806,11 +806,14 @@ def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict, shift: set | None
     g = [f - mean for f in F]  # C is symmetric: F . C x = (C F) . x
     gm = arb_mat([[x] for x in g])
     w = (lw["W_out"] * gm).entries()
-    rel = [relax(a, c, "relu", slopes.get(n)) for n, (a, c) in enumerate(zip(lo, hi, strict=True))]
-    cross = [n for n, (a, c) in enumerate(zip(lo, hi, strict=True)) if a < 0 and c > 0]
+    pr = _slopes_prep(mid, P, lo, hi, cache)
+    cross = pr["cross"]
+    rel = list(pr["chord"])
+    for n, sl in slopes.items():
+        if n in pr["cross_set"]:  # elsewhere a neuron is stable and its relaxation exact
+            rel[n] = relax(lo[n], hi[n], "relu", sl)
     neg = set(n for n in cross if w[n] < 0)
     sh = neg & (shift or set())
-    pr = _slopes_prep(mid, P, cross, cache)
     aw = [-w[n] if n in neg else ZERO for n in range(len(w))]
     v = [ZERO if n in sh else -aw[n] * pr["sig"][n] if n in neg else rel[n][0] * w[n] for n in range(len(w))]
     val = sum((c * x - b * abs(x) for c, b, x in zip(mid.center, mid.box, g, strict=True)), ZERO)
@@ -846,12 +849,14 @@ def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict, shift: set | None
     return _lo(val)
 
 
-def _slopes_prep(mid: CSet, P: CSet, cross: list[int], cache: dict) -> dict:
-    """The competitor-independent pieces of :func:`slopes_lower`, once per case: the row and other
-    terms, the chord of r+ over the range of r, and per row term (K = H total, relu(p0 + K E_b) on the
-    crossing neurons)."""
+def _slopes_prep(mid: CSet, P: CSet, lo: list, hi: list, cache: dict) -> dict:
+    """The competitor-independent pieces of :func:`slopes_lower`, once per case: the crossing neurons,
+    every neuron's chord relaxation, the row and other terms, the chord of r+ over the range of r, and
+    per row term (K = H total, relu(p0 + K E_b) and relu(p0 + K E_b + r_hi) on the crossing neurons)."""
     if "rows" in cache:
         return cache
+    cross = [n for n, (a, c) in enumerate(zip(lo, hi, strict=True)) if a < 0 and c > 0]
+    chord = [relax(a, c, "relu") for a, c in zip(lo, hi, strict=True)]
     mid_ids = {t.id for t in mid.terms}
     rows = [t for t in P.terms if t.kind == "pooled" and not t.signed and t.id in mid_ids]
     row_ids = {t.id for t in rows}
@@ -878,7 +883,8 @@ def _slopes_prep(mid: CSet, P: CSet, cross: list[int], cache: dict) -> dict:
         RQ = arb_mat([[relu(q) for q in row] for row in Q])
         RQs = arb_mat([[relu(q + rhi[n]) for n, q in zip(cross, row, strict=True)] for row in Q])
         qs.append((K, RQ, RQs))
-    cache.update(rows=rows, others=others, sig=sig, off=off, rhi=rhi, Q=qs)
+    cache.update(rows=rows, others=others, sig=sig, off=off, rhi=rhi, Q=qs, cross=cross, cross_set=set(cross),
+                 chord=chord)
     return cache
 
 
@@ -1335,12 +1341,16 @@ class Checker:
         beta_lo = _lo(beta)
         if not beta_lo > 0:
             return arb("-inf")
-        blo, bhi = Y.coord_bounds()
-        ys = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(blo, bhi, strict=True)]
-        d = len(ys)
-        S = _up((sum((y * y for y in ys), ZERO) / d + self.eps).sqrt())
-        F2 = [f + beta_lo * y / (d * S) for f, y in zip(F, ys, strict=True)]
-        N = slopes_lower(last, lw, F2, slopes, shift) + beta_lo * self.eps / S
+        cache = last[4]
+        if "tangent" not in cache:  # the same for every competitor of the case
+            blo, bhi = Y.coord_bounds()
+            ys = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(blo, bhi, strict=True)]
+            d = len(ys)
+            S = _up((sum((y * y for y in ys), ZERO) / d + self.eps).sqrt())
+            cache["tangent"] = ([y / (d * S) for y in ys], self.eps / S)
+        u, c0 = cache["tangent"]
+        F2 = [f + beta_lo * x for f, x in zip(F, u, strict=True)]
+        N = slopes_lower(last, lw, F2, slopes, shift) + beta_lo * c0
         return _lo(N / sig[1]) if N >= 0 else _lo(N / sig[0])
 
 
@@ -1399,8 +1409,9 @@ def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
         if not isinstance(e, dict) or set(e) != {"k", "path", "slopes", "shift"}:
             _fail(f"{where}: bad per-competitor slope record")
         shift = e["shift"]
-        if not isinstance(shift, list) or len(set(map(repr, shift))) != len(shift) or any(
-                isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < cfg.d_mlp for n in shift):
+        if not isinstance(shift, list) or any(
+                isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < cfg.d_mlp for n in shift) or (
+                len(set(shift)) != len(shift)):
             _fail(f"{where}: shift must be distinct neuron indices")
         k = e["k"]
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V or k == c or k in seen:
