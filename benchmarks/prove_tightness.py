@@ -227,14 +227,11 @@ def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3) -> tup
     return best, None
 
 
-def certified(model, prefix, suffix, limit: int = 64) -> tuple[int, int, float]:
-    """(largest proven n_free, its token, its margin): the first failing length of one run at ``limit``
-    (``demo.largest_proven``), then the proof at the length below it."""
+def certified(model, prefix, suffix, limit: int = 64):
+    """(largest proven n_free, the proof there or None): the first failing length of one run at
+    ``limit`` (``demo.largest_proven``), then the proof at the length below it."""
     n = largest_proven(model, prefix, suffix, limit)
-    if n < 0:
-        return -1, None, math.nan
-    r = prove(model, prefix, n, suffix=suffix)
-    return n, r.token, r.margin
+    return n, (prove(model, prefix, n, suffix=suffix) if n >= 0 else None)
 
 
 def clean_limit(model, prefix, suffix, c, rng, l_max=L_MAX) -> tuple[int, bool, list[int] | None, float]:
@@ -269,10 +266,9 @@ def trained_table(model, n_fix: int = 1024) -> None:
     print(f"{'prefix x ' + str(n_fix):<16} {'suffix':>8} {'token':>8} {'certified':>9} {'margin':>7} {'Lambda':>7}")
     for word, q in ((" congreg", "."), (" Haman", " unto"), ("yria", " shalt")):
         prefix, suffix = [tok.encode(word).ids[-1]] * n_fix, [tok.encode(q).ids[-1]]
-        n, c, margin = certified(model, prefix, suffix)
-        lam = math.nan
-        if n >= 0:
-            lam = max(prove(model, prefix, n, suffix=suffix).details["per_length"][-1]["lambda_max"])
+        n, r = certified(model, prefix, suffix)
+        c, margin = (r.token, r.margin) if r else (None, math.nan)
+        lam = max(r.details["per_length"][-1]["lambda_max"]) if r else math.nan
         print(f"{word!r:<16} {q!r:>8} {tok.decode([c]) if c is not None else '-'!r:>8} {n:9d} {margin:7.3f} {lam:7.3f}",
               flush=True)
 
@@ -314,7 +310,8 @@ def main() -> None:
     ratios = []
     for label, prefix, suffix, _ds in prefixes:
         log(f"{label}: certifying")
-        n_cert, c, margin = certified(model, prefix, suffix)
+        n_cert, r = certified(model, prefix, suffix)
+        c, margin = (r.token, r.margin) if r else (None, math.nan)
         log(f"{label}: certified n_free {n_cert}; searching for counterexamples")
         if c is None:
             c = int(torch.argmax(model(torch.tensor([prefix + suffix]))[0, -1]))
