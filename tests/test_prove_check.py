@@ -24,7 +24,7 @@ from assay.prove.bruteforce import enumerate_claim
 from assay.prove.toy import toy_model
 
 
-def _proven(model, rng, n_free=2, want_suffix=None, tries=200, prefix_len=(4, 16)):
+def _proven(model, rng, n_free=2, want_suffix=None, tries=200, prefix_len=(4, 16), options=None):
     """A random claim the prover proves (with a suffix or without, as asked)."""
     vocab = model.cfg.d_vocab
     for _ in range(tries):
@@ -32,7 +32,7 @@ def _proven(model, rng, n_free=2, want_suffix=None, tries=200, prefix_len=(4, 16
         has_suffix = bool(rng.integers(0, 2)) if want_suffix is None else want_suffix
         suffix = rng.integers(0, vocab, size=1).tolist() if has_suffix else []
         allowed = None if rng.random() < 0.5 else sorted(rng.choice(vocab, size=3, replace=False).tolist())
-        r = prove(model, prefix, n_free, suffix=suffix, allowed=allowed)
+        r = prove(model, prefix, n_free, suffix=suffix, allowed=allowed, options=options)
         if r.proven:
             return r
     raise AssertionError("no proven claim found")
@@ -291,8 +291,7 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     monkeypatch.setattr(api, "METHOD", "affine-lambda/1")
     monkeypatch.setattr(rules, "ln_taylor", lambda *a, _f=rules.ln_taylor: (_f(*a)[0], None))
     monkeypatch.setattr(rules, "norm_upper_bound", lambda Y, p: math.inf)
-    monkeypatch.setattr(api, "Options", lambda: no_slopes)
-    old = _proven(m, np.random.default_rng(5), want_suffix=True)
+    old = _proven(m, np.random.default_rng(5), want_suffix=True, options=no_slopes)
     monkeypatch.undo()
     assert old.certificate["method"]["name"] == "affine-lambda/1" and check(old.certificate, m)
     c = old.certificate
