@@ -176,6 +176,158 @@ def spectral_upper(M: arb_mat) -> arb:
     return _up(gn ** (ONE / (2 ** (SPEC_SQUARINGS + 1))))
 
 
+# ======================================================================================= row maxima
+# Maxima over the rows of large matrices (a pooled or block term's vertices against many functionals)
+# are taken in two passes: rigorous float64 bounds lo <= x <= hi of every entry discard the rows that
+# cannot attain a maximum, and the rows that are left are evaluated exactly in arb. The float bounds
+# only ever *discard* rows, so the result is the arb maximum over every row that can attain it.
+_U = 2.0**-53  # unit roundoff of float64
+_TINY = 2.0**-1000  # covers underflow (and flush-to-zero) of every float operation below
+
+
+def _mid_rad(rows: list[list[arb]]) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays (m, r) with |x - m| <= r for every point x of every ball (inf where not finite)."""
+    m = np.array([[float(x.mid()) for x in r] for r in rows], dtype=np.float64)
+    rad = np.array([[float(x.rad()) for x in r] for r in rows], dtype=np.float64)
+    m = m.reshape(len(rows), len(rows[0]) if rows else 0)
+    with np.errstate(all="ignore"):
+        # float(mid) is within one ulp of the midpoint, float(rad) within one ulp of the radius.
+        r = (rad.reshape(m.shape) + np.abs(m) * (4 * _U) + _TINY) * (1 + 8 * _U)
+    r[~np.isfinite(m)] = np.inf
+    return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0), r
+
+
+def _interval(m: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float bounds (lo, hi) of the interval [m - r, m + r], rounded outwards."""
+    with np.errstate(all="ignore"):
+        s = (np.abs(m) + r) * (4 * _U) + _TINY
+        lo, hi = m - r - s, m + r + s
+        bad = np.isnan(lo) | np.isnan(hi)
+    lo[bad], hi[bad] = -np.inf, np.inf
+    return lo, hi
+
+
+def _product_bounds(Vm, Vr, Bm, Br) -> tuple[np.ndarray, np.ndarray]:
+    """Float bounds (lo, hi) of every entry of V B, for V in Vm +- Vr and B in Bm +- Br entrywise.
+
+    |V B - Vm Bm| <= |Vm| Br + Vr (|Bm| + Br), and the float product C = fl(Vm Bm) (any summation
+    order, with or without fused multiply-adds) is within g |Vm| |Bm| + k TINY of Vm Bm, g = gamma_k.
+    The three nonnegative products are computed in float with relative error at most g each; the factor
+    (1 + 4 g) and the absolute k TINY cover them and the final sum."""
+    k = Vm.shape[1]
+    g = (k + 4) * _U / (1 - (k + 4) * _U)
+    with np.errstate(all="ignore"):
+        aV, aB = np.abs(Vm), np.abs(Bm)
+        C = Vm @ Bm
+        E = (g * (aV @ aB) + aV @ Br + Vr @ (aB + Br)) * (1 + 4 * g) + (k + 4) * _TINY
+    return _interval(C, E)
+
+
+class _Cols:
+    """The columns of an N x K matrix X of exact numbers: float bounds ``lo <= X <= hi`` of every entry
+    (inf / -inf where unknown) and the exact entries on demand, ``exact(rows, j)`` -> list of arbs."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, exact):
+        self.lo, self.hi, self._exact = lo, hi, exact
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.lo.shape
+
+    def exact(self, rows, j: int) -> list[arb]:
+        return self._exact(rows, j)
+
+    def neg(self) -> _Cols:
+        return _Cols(-self.hi, -self.lo, lambda rows, j: [-x for x in self._exact(rows, j)])
+
+    @staticmethod
+    def of_list(X: list[list[arb]]) -> _Cols:
+        N = len(X)
+        if N == 0:
+            return _Cols(np.zeros((0, 0)), np.zeros((0, 0)), lambda rows, j: [])
+        lo, hi = _interval(*_mid_rad(X))
+        return _Cols(lo, hi, lambda rows, j: [X[r][j] for r in rows])
+
+    @staticmethod
+    def product(V: arb_mat, B: arb_mat, vcache: dict | None = None) -> _Cols:
+        """The columns of V B, never formed in arb: its rows are computed exactly only where needed."""
+        vcache = {} if vcache is None else vcache
+        if "mr" not in vcache:
+            vcache.setdefault("rows", V.tolist())
+            vcache["mr"] = _mid_rad(vcache["rows"])
+        Vrows = vcache["rows"]
+        Bcols = B.transpose().tolist()
+        Bm, Br = _mid_rad(B.tolist())
+        lo, hi = _product_bounds(*vcache["mr"], Bm, Br)
+
+        def exact(rows, j):
+            col = Bcols[j]
+            return [sum((a * b for a, b in zip(Vrows[r], col, strict=True)), ZERO) for r in rows]
+
+        return _Cols(lo, hi, exact)
+
+
+    @staticmethod
+    def row_norms(prod: _Cols, V: arb_mat, M: arb_mat, vcache: dict) -> _Cols:
+        """The N x 1 column of upper bounds |row of V M|_2 (exact arbs), from ``prod`` = V M's columns:
+        a row's norm lies between those of its entries' distances to 0 and of their largest magnitudes,
+        and the float sum of d squares and the square root are within gamma_(d+2) of the exact ones."""
+        lo, hi = prod.lo, prod.hi
+        d = lo.shape[1]
+        g = (d + 4) * _U / (1 - (d + 4) * _U)
+        with np.errstate(all="ignore"):
+            big = np.maximum(np.abs(lo), np.abs(hi))
+            small = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))
+            nhi = np.sqrt((big * big).sum(axis=1)) * (1 + 2 * g) + _TINY
+            nlo = np.sqrt((small * small).sum(axis=1)) * (1 - 2 * g) - _TINY
+        nhi[np.isnan(nhi)] = np.inf
+        nlo[np.isnan(nlo)] = -np.inf
+        vcache.setdefault("rows", V.tolist())
+        Vrows = vcache["rows"]
+
+        def exact(rows, j):
+            return [_norm_up((arb_mat([Vrows[r]]) * M).entries()) for r in rows]
+
+        return _Cols(nlo[:, None], nhi[:, None], exact)
+
+
+def _bounds_of(scale: list[arb]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([_float_lo(x) for x in scale], dtype=np.float64),
+            np.array([_float_up(x) for x in scale], dtype=np.float64))
+
+
+def _group_rows(slo, shi, lo, hi, t, starts, bounds) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per group of rows [g0, g1): the rows that can attain max(0, max_b s_b (X_b - t)) for s_b in
+    [slo_b, shi_b] and X_b in [lo_b, hi_b] (columns; t >= 0 per column), as (rows, column starts): the
+    kept rows of column j are rows[starts[j]:starts[j + 1]]. A row is dropped when its float upper
+    bound is below 0 or below another row's float lower bound by more than ``tol``, which bounds the
+    rounding of every float value here (each is one subtraction and one product: relative error
+    below 3u of s (|X| + t); the absolute part covers underflow)."""
+    out = []
+    ncol = lo.shape[1]
+    with np.errstate(all="ignore"):
+        mag = np.maximum(np.abs(lo), np.abs(hi)).max(axis=0) + t  # per column
+        for g0, g1 in zip(starts, bounds, strict=True):
+            if g1 <= g0:
+                out.append((np.empty(0, dtype=np.int64), np.zeros(ncol + 1, dtype=np.int64)))
+                continue
+            sl, sh = slo[g0:g1, None], shi[g0:g1, None]
+            dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
+            if np.all(sl >= 0):  # s >= 0: the extremes are at x = hi and x = lo
+                b = np.maximum(sh * dh, sl * dh)
+                a = np.minimum(sh * dl, sl * dl)
+            else:  # bilinear in (s, x): its extremes over the box are at the corners
+                c = [s * x for s in (sl, sh) for x in (dl, dh)]
+                b = np.maximum(np.maximum(c[0], c[1]), np.maximum(c[2], c[3]))
+                a = np.minimum(np.minimum(c[0], c[1]), np.minimum(c[2], c[3]))
+            tol = 8 * _U * np.maximum(np.abs(sl).max(), np.abs(sh).max()) * mag + _TINY
+            thr = np.maximum(a.max(axis=0), 0.0) - 2 * tol
+            ok = ~(b < thr[None, :])  # nan (an unknown bound) keeps the row
+            cc, rr = np.nonzero(ok.T)  # sorted by column
+            out.append((g0 + rr, np.searchsorted(cc, np.arange(ncol + 1))))
+    return out
+
+
 # =========================================================================================== sets
 _ids = itertools.count()
 
@@ -183,61 +335,67 @@ _ids = itertools.count()
 POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
-def pooled_max(X: list[list], pool) -> list[arb]:
-    """Upper bound per column of the support of a pooled term (rows X [N][K]): for every t >= 0,
-    total t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t)) bounds it (Lagrangian duality);
-    the least over a grid of t in [0, max X] is taken.
+def pooled_max(X, pool) -> list[arb]:
+    """Upper bound per column of the support of a pooled term (rows X [N][K], a list of lists of arbs
+    or a :class:`_Cols`): for every t >= 0, total t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t))
+    bounds it (Lagrangian duality); the least over a grid of t in [0, max X] is taken.
 
-    Each group's maximum is taken in arb over the rows that can attain it: a float64 pass (IEEE
-    arithmetic, correctly rounded +, -, *) discards rows whose value is below the float maximum by more
-    than twice the float error bound, which cannot hold the maximum (see :func:`_candidates`)."""
+    Each group's maximum is taken in arb over the rows that can attain it: a row whose float upper
+    bound of scale_b (X_b - t) is below 0 or below another row's float lower bound is discarded (see
+    :class:`_Cols`); the bound above holds for the kept rows' exact values, which are at least every
+    discarded row's value."""
+    cols = X if isinstance(X, _Cols) else _Cols.of_list(X)
     scale, starts, mult, total = pool
-    N = len(X)
-    K = len(X[0]) if N else 0
+    N, K = cols.shape
     if N == 0 or not total > 0:
         return [ZERO] * K
     bounds = list(starts[1:]) + [N]
-    sf = np.array([float(x.mid()) for x in scale])
+    slo, shi = _bounds_of(scale)
     out = []
-    for k in range(K):
-        col = [_up(X[b][k]) for b in range(N)]
-        cf = np.array([float(x) for x in col])
-        top = max(float(cf.max()), 0.0) if np.all(np.isfinite(cf)) else None
-        best = None
-        for f in POOL_T:
-            t = _f(top * f) if top is not None else ZERO
-            val = total * t
-            for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
-                rows = _candidates(sf[a:b], cf[a:b], float(t.mid())) if top is not None else None
-                rows = range(a, b) if rows is None else [a + int(r) for r in rows]
-                gm = _emax([_up(scale[r] * (col[r] - t)) for r in rows] + [ZERO])
-                val = val + mult[g] * gm
-            val = _up(val)
-            best = val if best is None else _emin([best, val])
-        out.append(best)
+    with np.errstate(all="ignore"):  # the grid's top: the column's largest entry (any t >= 0 gives a bound)
+        tops = np.maximum(np.array([float(x) for x in _row_max(cols)], dtype=np.float64), 0.0)
+    tops[~np.isfinite(tops)] = 0.0
+    chunk = max(1, 2**21 // N)
+    for j0 in range(0, K, chunk):
+        lo, hi = cols.lo[:, j0:j0 + chunk], cols.hi[:, j0:j0 + chunk]
+        top = tops[j0:j0 + chunk]
+        ts = [top * f for f in POOL_T]
+        keep = [_group_rows(slo, shi, lo, hi, tf, starts, bounds) for tf in ts]
+        for jj in range(lo.shape[1]):
+            rows = sorted({int(r) for per in keep for rr, cs in per for r in rr[cs[jj]:cs[jj + 1]]})
+            ex = dict(zip(rows, (_up(x) for x in cols.exact(rows, j0 + jj)), strict=True))
+            best = None
+            for tf, per in zip(ts, keep, strict=True):
+                t = _f(tf[jj])
+                val = total * t
+                for g, (rr, cs) in enumerate(per):
+                    gm = _emax([_up(scale[r] * (ex[r] - t)) for r in rr[cs[jj]:cs[jj + 1]]] + [ZERO])
+                    val = val + mult[g] * gm
+                val = _up(val)
+                best = val if best is None else _emin([best, val])
+            out.append(best)
     return out
 
 
-def _candidates(s: np.ndarray, c: np.ndarray, t: float) -> np.ndarray | None:
-    """Indices r that can maximise s_r (c_r - t), from float copies s, c of exact numbers and an exact
-    float t; None when a float is not finite.
-
-    Each float is within 2^-52 relative (one ulp, whether the conversion rounds or truncates) or
-    2^-1074 absolute (below the normal range) of its number. With v = fl(s (c - t)),
-    |v_r - s_r (c_r - t)| <= E_r = 8u |s_r| (|c_r| + |t|) + 2^-1072 (|c_r| + |t| + |s_r| + 1): two
-    conversions, one subtraction and one product give at most 6u(1 + 6u) relative to |s|(|c| + |t|),
-    and the absolute parts (a subnormal s times |c - t|, a subnormal c times |s|, underflow of the
-    product) are covered by the second term. A row with v_r < max v - 2 max E has a true value below
-    that of the float argmax, so it is not needed."""
-    if s.size == 0:
-        return np.empty(0, dtype=np.int64)
+def _row_max(cols: _Cols) -> list[arb]:
+    """Per column, the exact upper endpoint of the largest entry (over the rows that can hold it)."""
+    N, K = cols.shape
     with np.errstate(all="ignore"):
-        v = s * (c - t)
-        a = np.abs(c) + abs(t)
-        E = 8.0 * 2.0**-53 * np.abs(s) * a + 2.0**-1072 * (a + np.abs(s) + 1.0)
-    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(E))):
-        return None
-    return np.flatnonzero(v >= v.max() - 2.0 * E.max())
+        thr = cols.lo.max(axis=0)
+    out = []
+    for j in range(K):
+        rows = np.flatnonzero(~(cols.hi[:, j] < thr[j])).tolist()
+        out.append(_emax(_up(x) for x in cols.exact(rows, j)))
+    return out
+
+
+def _box_support(vlo: list, vhi: list, B: arb_mat) -> tuple[list[arb], list[arb]]:
+    """(lower, upper) bounds per column of sum_e c_e B[e, j] over the box vlo <= c <= vhi: with
+    m = (vlo + vhi) / 2 and h = |vhi - vlo| / 2, max(vlo_e b, vhi_e b) = m_e b + h_e |b| exactly."""
+    m = _row([(a + b) / 2 for a, b in zip(vlo, vhi, strict=True)])
+    h = _row([abs(b - a) / 2 for a, b in zip(vlo, vhi, strict=True)])
+    c, w = _vec(m * B), _vec(h * _absmat(B))
+    return [_lo(x - y) for x, y in zip(c, w, strict=True)], [_up(x + y) for x, y in zip(c, w, strict=True)]
 
 
 @dataclass
@@ -253,23 +411,30 @@ class CTerm:
     _l2: arb | None = None
     _dev: tuple | None = None
     signed: bool = False  # block / pooled: coefficients s * coef, |s| <= 1
+    vcache: dict = field(default_factory=dict)  # V's rows and float enclosure (shared by terms with this V)
 
     def with_M(self, M: arb_mat) -> CTerm:
-        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi, self.pool, signed=self.signed)
+        return CTerm(self.id, self.kind, M, self.V, self.vnorm, self.vlo, self.vhi, self.pool, signed=self.signed,
+                     vcache=self.vcache)
 
-    def extremes(self, X: list[list]) -> tuple[list, list]:
-        """(min, max) per column of sum_g coef_g X[g] over the term's coefficients (exact arbs)."""
-        K = len(X[0])
+    def extremes(self, X) -> tuple[list, list]:
+        """(min, max) per column of sum_g coef_g X[g] over the term's coefficients (exact arbs); X is a
+        list of rows or a :class:`_Cols`."""
+        cols = X if isinstance(X, _Cols) else _Cols.of_list(X)
         if self.kind == "block":
-            lo = [_emin(_lo(r[j]) for r in X) for j in range(K)]
-            hi = [_emax(_up(r[j]) for r in X) for j in range(K)]
+            hi = _row_max(cols)
+            lo = [-x for x in _row_max(cols.neg())]
         else:
-            hi = pooled_max(X, self.pool)
-            lo = [-x for x in pooled_max([[-v for v in r] for r in X], self.pool)]
+            hi = pooled_max(cols, self.pool)
+            lo = [-x for x in pooled_max(cols.neg(), self.pool)]
         if self.signed:
             m = [_emax([h, -low, ZERO]) for low, h in zip(lo, hi, strict=True)]
             return [-x for x in m], m
         return lo, hi
+
+    def product(self, B: arb_mat) -> _Cols:
+        """The columns of V B (the vertices against B)."""
+        return _Cols.product(self.V, B, self.vcache)
 
     def l2_sup(self) -> arb:
         if self._l2 is None:
@@ -277,8 +442,8 @@ class CTerm:
                 l2 = _up(self.vnorm * spectral_upper(self.M))
                 k, d = self.M.nrows(), self.M.ncols()
                 if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
-                    rn = [[_norm_up(r)] for r in (self.V * self.M).tolist()]
-                    l2 = _emin([l2, self.extremes(rn)[1][0]])
+                    l2 = _emin([l2, self.extremes(_Cols.row_norms(self.product(self.M), self.V, self.M,
+                                                                  self.vcache))[1][0]])
                 self._l2 = l2
             elif self.kind == "zono":
                 rows = self.M.tolist()
@@ -302,20 +467,11 @@ class CTerm:
         if self.kind in ("block", "pooled"):
             cn = _col_norms_up(M)
             l2 = [_up(self.vnorm * c) for c in cn]
-            rows = M.tolist()
-            bhi, blo = [], []
-            for j in range(d):
-                sh, sl = ZERO, ZERO
-                for e in range(k):
-                    a, b = self.vlo[e] * rows[e][j], self.vhi[e] * rows[e][j]
-                    sh += _emax([_up(a), _up(b)])
-                    sl += _emin([_lo(a), _lo(b)])
-                bhi.append(_up(sh))
-                blo.append(_lo(sl))
+            blo, bhi = _box_support(self.vlo, self.vhi, M)
             hi = [_emin([x, y]) for x, y in zip(l2, bhi, strict=True)]
             lo = [_emax([-x, y]) for x, y in zip(l2, blo, strict=True)]
             if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
-                elo, ehi = self.extremes((self.V * M).tolist())
+                elo, ehi = self.extremes(self.product(M))
                 hi = [_emin([x, y]) for x, y in zip(hi, ehi, strict=True)]
                 lo = [_emax([x, y]) for x, y in zip(lo, elo, strict=True)]
             return lo, hi
@@ -333,19 +489,11 @@ class CTerm:
         K = A.ncols()
         if self.kind in ("block", "pooled"):
             if exact:
-                return self.extremes((self.V * B).tolist())
+                return self.extremes(self.product(B))
             bn = _col_norms_up(B)
-            rows = B.tolist()
-            lo, hi = [], []
-            for j in range(K):
-                l2 = _up(self.vnorm * bn[j])
-                sh, sl = ZERO, ZERO
-                for e in range(len(rows)):
-                    a, b = self.vlo[e] * rows[e][j], self.vhi[e] * rows[e][j]
-                    sh += _emax([_up(a), _up(b)])
-                    sl += _emin([_lo(a), _lo(b)])
-                hi.append(_emin([l2, _up(sh)]))
-                lo.append(_emax([-l2, _lo(sl)]))
+            blo, bhi = _box_support(self.vlo, self.vhi, B)
+            hi = [_emin([_up(self.vnorm * n), h]) for n, h in zip(bn, bhi, strict=True)]
+            lo = [_emax([_lo(-self.vnorm * n), low]) for n, low in zip(bn, blo, strict=True)]
             return lo, hi
         if self.kind == "zono":
             rows = B.tolist()
@@ -360,7 +508,8 @@ def signed_copy(t: CTerm, k: arb) -> CTerm:
     if t.kind in ("zono", "ell"):
         return CTerm(next(_ids), t.kind, t.M * k)
     m = [_emax([abs(a), abs(b)]) for a, b in zip(t.vlo, t.vhi, strict=True)]
-    new = CTerm(next(_ids), t.kind, t.M * k, t.V, t.vnorm, [-x for x in m], m, t.pool, signed=True)
+    new = CTerm(next(_ids), t.kind, t.M * k, t.V, t.vnorm, [-x for x in m], m, t.pool, signed=True,
+                vcache=t.vcache)
     if t._dev is not None:
         dev = [_up(k * _emax([abs(a), abs(b)])) for a, b in zip(*t._dev, strict=True)]
         new._dev = ([-x for x in dev], dev)
