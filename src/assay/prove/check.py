@@ -207,8 +207,8 @@ def _interval(m: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _product_bounds(Vm, Vr, Bm, Br) -> tuple[np.ndarray, np.ndarray]:
-    """Float bounds (lo, hi) of every entry of V B, for V in Vm +- Vr and B in Bm +- Br entrywise.
+def _product_enclosure(Vm, Vr, Bm, Br) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays (C, E) with |X - C| <= E for every entry X of V B, V in Vm +- Vr, B in Bm +- Br.
 
     |V B - Vm Bm| <= |Vm| Br + Vr (|Bm| + Br), and the float product C = fl(Vm Bm) (any summation
     order, with or without fused multiply-adds) is within g |Vm| |Bm| + k TINY of Vm Bm, g = gamma_k.
@@ -220,7 +220,36 @@ def _product_bounds(Vm, Vr, Bm, Br) -> tuple[np.ndarray, np.ndarray]:
         aV, aB = np.abs(Vm), np.abs(Bm)
         C = Vm @ Bm
         E = (g * (aV @ aB) + aV @ Br + Vr @ (aB + Br)) * (1 + 4 * g) + (k + 4) * _TINY
-    return _interval(C, E)
+        E[np.isnan(E) | np.isnan(C)] = np.inf
+    return np.nan_to_num(C, nan=0.0), E
+
+
+def _product_bounds(Vm, Vr, Bm, Br) -> tuple[np.ndarray, np.ndarray]:
+    """Float bounds (lo, hi) of every entry of V B (see :func:`_product_enclosure`)."""
+    return _interval(*_product_enclosure(Vm, Vr, Bm, Br))
+
+
+def _sum_lower(parts: list[np.ndarray]) -> np.ndarray:
+    """A float lower bound of the exact sum of float arrays (n parts: error below gamma_n sum |x|)."""
+    n = len(parts)
+    g = (n + 2) * _U / (1 - (n + 2) * _U)
+    with np.errstate(all="ignore"):
+        tot = np.sum(parts, axis=0)
+        mag = np.sum([np.abs(p) for p in parts], axis=0)
+        out = tot - mag * (2 * g) - n * _TINY
+    out[np.isnan(out)] = -np.inf
+    return out
+
+
+def _col_norms_float(Bm, Br) -> np.ndarray:
+    """Float upper bounds of the column 2-norms of B in Bm +- Br (k squares summed: gamma_(k+2))."""
+    k = Bm.shape[0]
+    g = (k + 4) * _U / (1 - (k + 4) * _U)
+    with np.errstate(all="ignore"):
+        a = np.abs(Bm) + Br
+        out = np.sqrt((a * a).sum(axis=0)) * (1 + 2 * g) + _TINY
+    out[np.isnan(out)] = np.inf
+    return out
 
 
 class _Cols:
@@ -296,27 +325,44 @@ def _bounds_of(scale: list[arb]) -> tuple[np.ndarray, np.ndarray]:
             np.array([_float_up(x) for x in scale], dtype=np.float64))
 
 
-def _group_rows(slo, shi, lo, hi, t, starts, bounds) -> list[tuple[np.ndarray, np.ndarray]]:
+def _group_prep(slo, shi, lo, hi) -> dict:
+    """What :func:`_group_rows` needs for every t: the largest |X| per column and, when each scale is
+    one number s >= 0, the products s hi and s lo."""
+    with np.errstate(all="ignore"):
+        pre = {"mag": np.maximum(np.abs(lo), np.abs(hi)).max(axis=0),
+               "point": bool(np.array_equal(slo, shi) and np.all(slo >= 0)), "nonneg": bool(np.all(slo >= 0))}
+        if pre["point"]:
+            pre["prod"] = (slo[:, None] * hi, slo[:, None] * lo)
+    return pre
+
+
+def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per group of rows [g0, g1): the rows that can attain max(0, max_b s_b (X_b - t)) for s_b in
     [slo_b, shi_b] and X_b in [lo_b, hi_b] (columns; t >= 0 per column), as (rows, column starts): the
     kept rows of column j are rows[starts[j]:starts[j + 1]]. A row is dropped when its float upper
     bound is below 0 or below another row's float lower bound by more than ``tol``, which bounds the
-    rounding of every float value here (each is one subtraction and one product: relative error
-    below 3u of s (|X| + t); the absolute part covers underflow)."""
+    rounding of every float value here (s (X - t), or s X - s t when s is one number per row: relative
+    error below 3u of s (|X| + t); the absolute part covers underflow). ``pre``: :func:`_group_prep`."""
     out = []
     ncol = lo.shape[1]
     with np.errstate(all="ignore"):
-        mag = np.maximum(np.abs(lo), np.abs(hi)).max(axis=0) + t  # per column
+        mag = pre["mag"] + t  # per column
+        point, nonneg = pre["point"], pre["nonneg"]
         for g0, g1 in zip(starts, bounds, strict=True):
             if g1 <= g0:
                 out.append((np.empty(0, dtype=np.int64), np.zeros(ncol + 1, dtype=np.int64)))
                 continue
             sl, sh = slo[g0:g1, None], shi[g0:g1, None]
-            dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
-            if np.all(sl >= 0):  # s >= 0: the extremes are at x = hi and x = lo
+            if point:  # s (x - t) = s x - s t: extremes at x = hi and x = lo
+                st = sl * t
+                b, a = pre["prod"][0][g0:g1] - st, pre["prod"][1][g0:g1] - st
+            elif nonneg:
+                dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
                 b = np.maximum(sh * dh, sl * dh)
                 a = np.minimum(sh * dl, sl * dl)
-            else:  # bilinear in (s, x): its extremes over the box are at the corners
+            else:
+                # bilinear in (s, x): its extremes over the box are at the corners
+                dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
                 c = [s * x for s in (sl, sh) for x in (dl, dh)]
                 b = np.maximum(np.maximum(c[0], c[1]), np.maximum(c[2], c[3]))
                 a = np.minimum(np.minimum(c[0], c[1]), np.minimum(c[2], c[3]))
@@ -360,7 +406,8 @@ def pooled_max(X, pool) -> list[arb]:
         lo, hi = cols.lo[:, j0:j0 + chunk], cols.hi[:, j0:j0 + chunk]
         top = tops[j0:j0 + chunk]
         ts = [top * f for f in POOL_T]
-        keep = [_group_rows(slo, shi, lo, hi, tf, starts, bounds) for tf in ts]
+        pre = _group_prep(slo, shi, lo, hi)
+        keep = [_group_rows(slo, shi, lo, hi, tf, starts, bounds, pre) for tf in ts]
         for jj in range(lo.shape[1]):
             rows = sorted({int(r) for per in keep for rr, cs in per for r in rr[cs[jj]:cs[jj + 1]]})
             ex = dict(zip(rows, (_up(x) for x in cols.exact(rows, j0 + jj)), strict=True))
@@ -482,25 +529,46 @@ class CTerm:
         s = _col_norms_up(M)
         return [-x for x in s], s
 
-    def support(self, A: arb_mat, exact: bool) -> tuple[list[arb], list[arb]]:
-        """Min and max of coef @ M @ A[:, k] over the term: exact (every row) or cheap (l2 mass and
-        coefficient box against M A, for blocks and pooled terms); zonotopes and ellipsoids exact."""
+    def support(self, A: arb_mat) -> tuple[list[arb], list[arb]]:
+        """Min and max of coef @ M @ A[:, k] over the term (exact arbs): every vertex row for blocks and
+        pooled terms (:class:`_Cols`), the generators' absolute sums and the column norms for
+        zonotopes and ellipsoids. :meth:`cheap_lower` is the cheap lower bound."""
         B = self.M * A
         K = A.ncols()
         if self.kind in ("block", "pooled"):
-            if exact:
-                return self.extremes(self.product(B))
-            bn = _col_norms_up(B)
-            blo, bhi = _box_support(self.vlo, self.vhi, B)
-            hi = [_emin([_up(self.vnorm * n), h]) for n, h in zip(bn, bhi, strict=True)]
-            lo = [_emax([_lo(-self.vnorm * n), low]) for n, low in zip(bn, blo, strict=True)]
-            return lo, hi
+            return self.extremes(self.product(B))
         if self.kind == "zono":
             rows = B.tolist()
             s = [_up(sum((abs(r[j]) for r in rows), ZERO)) for j in range(K)]
         else:
             s = _col_norms_up(B)
         return [-x for x in s], s
+
+    def cheap_lower(self, Am: np.ndarray, Ar: np.ndarray) -> np.ndarray:
+        """Float lower bounds of min coef @ M @ A[:, k] over the term, for A in Am +- Ar (the cheap
+        support of :meth:`support`, in float64 with rigorous error bounds; -inf where unknown)."""
+        if self.M.nrows() == 0:
+            return np.zeros(Am.shape[1])
+        Bm, Br = _product_enclosure(*_mid_rad(self.M.tolist()), Am, Ar)
+        if self.kind in ("block", "pooled"):  # max(-vnorm |B_k|, min over the coefficient box)
+            mm = _mid_rad([[(a + b) / 2 for a, b in zip(self.vlo, self.vhi, strict=True)]])
+            hh = _mid_rad([[abs(b - a) / 2 for a, b in zip(self.vlo, self.vhi, strict=True)]])
+            vn = _float_up(self.vnorm)
+            with np.errstate(all="ignore"):
+                l2 = vn * _col_norms_float(Bm, Br) * (1 + 4 * _U)
+                C1, E1 = _product_enclosure(*mm, Bm, Br)  # m . B
+                C2, E2 = _product_enclosure(*hh, np.abs(Bm) + Br, np.zeros_like(Br))  # >= h . |B|
+                box = _sum_lower([C1, -E1, -C2, -E2])[0]
+                out = np.maximum(-l2, box)
+        elif self.kind == "zono":
+            k = Bm.shape[0]
+            g = (k + 4) * _U / (1 - (k + 4) * _U)
+            with np.errstate(all="ignore"):
+                out = -((np.abs(Bm) + Br).sum(axis=0) * (1 + 2 * g) + _TINY)
+        else:
+            out = -_col_norms_float(Bm, Br)
+        out[np.isnan(out)] = -np.inf
+        return out
 
 
 def signed_copy(t: CTerm, k: arb) -> CTerm:
@@ -636,19 +704,22 @@ class CSet:
         return _up(off + inner)
 
     def functional_lower(self, A: arb_mat, absA: arb_mat, exact: list[int] | None = None) -> list[arb]:
-        """Lower bounds of x . A[:, k] over the set (the cheap support, and the exact one for `exact`)."""
+        """Lower bounds (exact arbs) of x . A[:, k] over the set: the cheap support (in float64 with
+        rigorous error bounds, :meth:`CTerm.cheap_lower`) and the exact one for the columns ``exact``."""
         cval = _vec(_row(self.center) * A)
         boxdev = _vec(_row(self.box) * absA)
-        lo = [c - b for c, b in zip(cval, boxdev, strict=True)]
-        for t in self.terms:
-            a, _ = t.support(A, exact=False)
-            lo = [x + y for x, y in zip(lo, a, strict=True)]
-        lo = [_lo(x) for x in lo]
+        base = [c - b for c, b in zip(cval, boxdev, strict=True)]
+        parts = [np.array([_float_lo(x) for x in base], dtype=np.float64)]
+        if self.terms:
+            Am, Ar = _mid_rad(A.tolist())
+            parts += [t.cheap_lower(Am, Ar) for t in self.terms]
+        lo = [arb(float(x)) for x in _sum_lower(parts)]
         if exact:
-            cols = arb_mat([[A[i, k] for k in exact] for i in range(A.nrows())])
-            elo = [cval[k] - boxdev[k] for k in exact]
+            At = A.transpose().tolist()
+            cols = arb_mat([At[k] for k in exact]).transpose()
+            elo = [base[k] for k in exact]
             for t in self.terms:
-                a, _ = t.support(cols, exact=True)
+                a, _ = t.support(cols)
                 elo = [x + y for x, y in zip(elo, a, strict=True)]
             for i, k in enumerate(exact):
                 lo[k] = _emax([lo[k], _lo(elo[i])])
@@ -991,10 +1062,10 @@ def slopes_lower(last: tuple, lw: dict, F: list, slopes: dict, shift: set | None
         B = t.M * vm
         if t.id in mid_t:
             B = B + mid_t[t.id].M * gm
-        val += t.with_M(B).support(one, exact=True)[0][0]
+        val += t.with_M(B).support(one)[0][0]
     for tid, t in mid_t.items():
         if tid not in row_ids and tid not in p_ids:
-            val += t.with_M(t.M * gm).support(one, exact=True)[0][0]
+            val += t.with_M(t.M * gm).support(one)[0][0]
     return _lo(val)
 
 

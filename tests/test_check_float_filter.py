@@ -1,0 +1,185 @@
+"""The checker's float64 pass (which rows of a large product can attain a maximum, and the cheap
+lower supports) against exact arb arithmetic.
+
+Every float bound must *contain* the exact number it stands for, on inputs chosen to break a careless
+error analysis: magnitudes from 1e-300 to 1e300, subnormals, exact ties and 1-ulp near-ties, balls
+with radii, infinite entries. The maxima built on the filter must equal the maxima over every row.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from flint import arb, arb_mat
+
+C = importlib.import_module("assay.prove.check")  # the package exports a function named check
+
+RNG = np.random.default_rng(11)
+
+
+def _wild(shape, rng=RNG) -> np.ndarray:
+    """Floats over many magnitudes, with ties, near-ties, zeros and subnormals."""
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-12, 12, shape)
+    flat = x.reshape(-1)
+    n = flat.size
+    flat[rng.integers(0, n, max(1, n // 10))] = 0.0
+    flat[rng.integers(0, n, max(1, n // 20))] = 5e-324 * rng.integers(1, 9)
+    if n > 1:
+        flat[1] = np.nextafter(flat[0], np.inf)
+    return x
+
+
+def _balls(a: np.ndarray, rad: float = 0.0) -> arb_mat:
+    """An arb matrix of the floats a, with relative radius ``rad`` (through an inexact product)."""
+    rows = [[arb(float(v)) for v in r] for r in np.atleast_2d(a)]
+    if rad:
+        rows = [[v * (1 + arb(0, rad)) for v in r] for r in rows]
+    return arb_mat(rows)
+
+
+def _contains(lo: float, hi: float, x: arb) -> bool:
+    return (arb(lo) <= x.lower()) and (x.upper() <= arb(hi)) if np.isfinite(lo) and np.isfinite(hi) else (
+        (not np.isfinite(lo) or arb(lo) <= x.lower()) and (not np.isfinite(hi) or x.upper() <= arb(hi)))
+
+
+@pytest.mark.parametrize("rad", [0.0, 1e-9])
+def test_product_bounds_contain_every_exact_entry(rad):
+    for _ in range(6):
+        n, k, m = (int(v) for v in RNG.integers(1, 12, 3))
+        V, B = _balls(_wild((n, k)), rad), _balls(_wild((k, m)), rad)
+        cols = C._Cols.product(V, B)
+        X = (V * B).tolist()
+        for i in range(n):
+            for j in range(m):
+                assert _contains(cols.lo[i, j], cols.hi[i, j], X[i][j]), (i, j, X[i][j], cols.lo[i, j])
+                ex = cols.exact([i], j)[0]
+                assert ex.overlaps(X[i][j])
+
+
+def test_product_bounds_of_huge_entries_are_infinite_not_wrong():
+    V = _balls(np.array([[1e300, 1e300], [1.0, 2.0]]))
+    B = _balls(np.array([[1e300], [-1e300]]))
+    cols = C._Cols.product(V, B)
+    X = (V * B).tolist()
+    for i in range(2):
+        assert _contains(cols.lo[i, 0], cols.hi[i, 0], X[i][0])
+    assert cols.hi[0, 0] == np.inf and cols.lo[0, 0] == -np.inf  # 1e600 - 1e600 in float: unknown
+
+
+def test_row_norm_bounds_contain_the_exact_norms():
+    for _ in range(5):
+        n, k, d = (int(v) for v in RNG.integers(1, 10, 3))
+        V, M = _balls(_wild((n, k)), 1e-12), _balls(_wild((k, d)))
+        cache: dict = {}
+        prod = C._Cols.product(V, M, cache)
+        norms = C._Cols.row_norms(prod, V, M, cache)
+        rows = (V * M).tolist()
+        for i in range(n):
+            exact = C._norm_up(rows[i])
+            true_lo = sum((x * x for x in rows[i]), C.ZERO).lower()
+            assert arb(norms.lo[i, 0]) ** 2 <= true_lo or norms.lo[i, 0] <= 0
+            assert exact <= arb(norms.hi[i, 0]) * (1 + arb(2.0**-40)) or norms.hi[i, 0] == np.inf
+            assert norms.exact([i], 0)[0] >= exact.lower()
+
+
+def _pool(N, rng=RNG):
+    cut = sorted(set(rng.integers(1, N, 2).tolist())) if N > 2 else []
+    starts = [0] + cut
+    scale = [arb(float(x)) for x in rng.uniform(0, 1, N)]
+    return (scale, starts, [arb(int(m)) for m in rng.integers(1, 4, len(starts))], arb(float(rng.uniform(0.1, 2))))
+
+
+def test_maxima_through_the_product_equal_those_over_the_full_arb_product():
+    # pooled_max and the block extremes of V B, with V B never formed, against the same functions on
+    # every row's exact entry (the float filter may only drop rows that cannot change the result).
+    for _ in range(12):
+        N, k, K = int(RNG.integers(2, 30)), int(RNG.integers(1, 6)), int(RNG.integers(1, 4))
+        Vf = RNG.standard_normal((N, k)) * 10.0 ** RNG.uniform(-6, 6)
+        Vf[RNG.integers(0, N, 3)] = Vf[0]  # exact ties
+        V, B = _balls(Vf), _balls(_wild((k, K)))
+        pool = _pool(N)
+        via = C._Cols.product(V, B)
+        # the same exact entries, every row of them (they overlap the arb product's)
+        full = [[via.exact([i], j)[0] for j in range(K)] for i in range(N)]
+        prod = (V * B).tolist()
+        assert all(full[i][j].overlaps(prod[i][j]) for i in range(N) for j in range(K))
+        assert C.pooled_max(via, pool) == C.pooled_max(full, pool)
+        assert C.pooled_max(via.neg(), pool) == C.pooled_max([[-x for x in r] for r in full], pool)
+        hi = [max((r[j].upper() for r in full), key=lambda a: a) for j in range(K)]
+        got = C._row_max(via)
+        assert all(g == h for g, h in zip(got, hi, strict=True))
+
+
+def _arb_cheap_lower(t, A: arb_mat) -> list[arb]:
+    """The cheap lower support of a term in plain arb (the formula of CTerm.cheap_lower)."""
+    B = t.M * A
+    rows = B.tolist()
+    K = A.ncols()
+    if t.kind in ("block", "pooled"):
+        out = []
+        for j in range(K):
+            col = [r[j] for r in rows]
+            l2 = t.vnorm * C._norm_up(col)
+            box = sum((C._emin([(lo * x).lower(), (hi * x).lower()])
+                       for lo, hi, x in zip(t.vlo, t.vhi, col, strict=True)), C.ZERO)
+            out.append(max((-l2).lower(), box.lower()))
+        return out
+    if t.kind == "zono":
+        return [-(sum((abs(r[j]) for r in rows), C.ZERO)).upper() for j in range(K)]
+    return [-C._norm_up([r[j] for r in rows]) for j in range(K)]
+
+
+@pytest.mark.parametrize("kind", ["block", "pooled", "zono", "ell"])
+def test_cheap_lower_is_below_the_exact_minimum_and_close_to_the_arb_formula(kind):
+    for _ in range(6):
+        N, k, d, K = (int(v) for v in RNG.integers(2, 9, 4))
+        M = _balls(RNG.standard_normal((k, d)) * 10.0 ** RNG.uniform(-3, 3), 1e-12)
+        A = _balls(RNG.standard_normal((d, K)))
+        if kind == "block":
+            t = C.make_block(_balls(RNG.standard_normal((N, k))), M)
+        elif kind == "pooled":
+            scale, starts, mult, total = _pool(N)
+            t = C.make_pooled(_balls(RNG.standard_normal((N, k))), scale, starts, [int(float(m)) for m in mult],
+                              total, M)
+        else:
+            t = C.CTerm(999, kind, M)
+        Am, Ar = C._mid_rad(A.tolist())
+        cheap = t.cheap_lower(Am, Ar)
+        exact_lo, _ = t.support(A)
+        ref = _arb_cheap_lower(t, A)
+        for j in range(K):
+            assert arb(cheap[j]) <= exact_lo[j].lower()  # sound: below the exact minimum
+            # as tight as the same formula in arb, up to float rounding
+            assert abs(float(cheap[j]) - float(ref[j].mid())) <= 1e-9 * (1 + abs(float(ref[j].mid())))
+
+
+def test_cheap_lower_of_a_set_against_sampled_points():
+    # CSet.functional_lower (float cheap supports + the arb center and box) is below x . A at points of
+    # the set: block vertices, zonotope corners, ellipsoid boundary points.
+    d, K = 5, 4
+    V = _balls(RNG.standard_normal((6, 3)))
+    Mb, Mz, Me = (_balls(RNG.standard_normal((3, d)) * s) for s in (1.0, 0.3, 0.1))
+    blk = C.make_block(V, Mb)
+    zono, ell = C.CTerm(1001, "zono", Mz), C.CTerm(1002, "ell", Me)
+    center = [arb(float(x)) for x in RNG.standard_normal(d)]
+    box = [arb(float(x)) for x in RNG.uniform(0, 0.05, d)]
+    S = C.CSet(center, box, [blk, zono, ell])
+    Af = RNG.standard_normal((d, K))
+    A = _balls(Af)
+    lo = S.functional_lower(A, C._absmat(A))
+    Vf = np.array([[float(x.mid()) for x in r] for r in V.tolist()])
+    to = lambda M: np.array([[float(x.mid()) for x in r] for r in M.tolist()])  # noqa: E731
+    Mbf, Mzf, Mef = to(Mb), to(Mz), to(Me)
+    cf, bf = np.array([float(x.mid()) for x in center]), np.array([float(x.mid()) for x in box])
+    least = np.full(K, np.inf)
+    for _ in range(4000):
+        g = RNG.dirichlet(np.ones(6)) if RNG.random() < 0.5 else np.eye(6)[RNG.integers(0, 6)]
+        e = RNG.choice([-1.0, 1.0], 3)
+        b = RNG.standard_normal(3)
+        b /= np.linalg.norm(b)
+        x = cf + RNG.choice([-1.0, 1.0], d) * bf + g @ Vf @ Mbf + e @ Mzf + b @ Mef
+        least = np.minimum(least, x @ Af)
+    for j in range(K):
+        assert float(lo[j].mid()) <= least[j] + 1e-9
