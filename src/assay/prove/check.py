@@ -3,8 +3,10 @@
 This module imports nothing from the prover (``assay.prove.*``): it reads the weights from the model,
 re-derives every bound of the certificate's method from them in rigorous ball arithmetic, and
 compares with the evidence. Arb balls are sound by construction (every operation returns a ball that
-contains the exact result), so no rounding analysis is needed here; the prover's floating-point
-error terms are not trusted, they are simply not used.
+contains the exact result); the prover's floating-point error terms are not trusted, they are simply
+not used. Float64 appears here twice, with this module's own error bounds (section "row maxima"):
+as a filter that discards rows which cannot attain a maximum (the maximum itself is then taken in
+arb), and for the cheap lower supports, whose float lower bounds are exact numbers.
 
 What is checked (any failure raises :class:`CertificateError` with the reason):
 
