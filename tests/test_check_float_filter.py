@@ -183,3 +183,46 @@ def test_cheap_lower_of_a_set_against_sampled_points():
         least = np.minimum(least, x @ Af)
     for j in range(K):
         assert float(lo[j].mid()) <= least[j] + 1e-9
+
+
+# Regressions found in review: each broke containment before the fix.
+def test_norm_bounds_cover_squares_lost_to_underflow():
+    # 64 entries of 2^-540: each square underflows to 0 in float, the exact norm is 8 * 2^-540.
+    d = 64
+    t = C.CTerm(next(C._ids), "ell", C._diag([arb(2) ** -270] * d))
+    A = arb_mat([[arb(2) ** -270] for _ in range(d)])
+    true_min = -(arb(2) ** -540) * 8
+    assert arb(t.cheap_lower(*C._mid_rad(A.tolist()))[0]) <= true_min.lower()
+    S = C.CSet([C.ZERO] * d, [C.ZERO] * d, [t])
+    assert S.functional_lower(A, C._absmat(A))[0] <= true_min.lower()
+    # a block whose longest row (norm 4.4e-162) is made of underflowing squares must not be dropped
+    k = 256
+    V = arb_mat([[arb(2) ** -540] * k, [arb(2) ** -537] + [C.ZERO] * (k - 1)])
+    eye = arb_mat([[arb(1) if i == j else C.ZERO for j in range(k)] for i in range(k)])
+    blk = C.make_block(V, eye)
+    assert blk.l2_sup() >= (arb(2) ** -540 * 16).lower()
+
+
+def test_pooled_filter_survives_overflowing_products():
+    # s * x overflows float64 (x ~ 2^1023): the overflowed lower bound must not discard every row.
+    P = arb(2) ** 1022
+    X = [[arb(1.5) * P], [arb(2.5) * P]]
+    pool = ([arb(3), arb(1)], [0], [arb(2)], arb(3))
+    # two positions, each holds one row with weight <= its scale, total <= 3: at best row 1 with
+    # weight 1 and row 0 with weight 2, i.e. 5.5 P (enumerated by hand over the three row choices)
+    assert C.pooled_max(X, pool)[0] >= (arb(5.5) * P).lower()
+
+
+def test_pooled_filter_with_subnormal_scales():
+    # scales of a few times 2^-1074 next to values near 2^1000 (t near them): the filter's tolerance
+    # must not underflow to its absolute floor and drop the true maximum (exact rationals decide).
+    from fractions import Fraction
+
+    rng = np.random.default_rng(1)
+    for _ in range(20000):
+        X = 2.0**1000 * (1 + rng.integers(0, 64, (2, 1)) * 2.0**-52)
+        T = 2.0**1000 * (1 + rng.integers(0, 64) * 2.0**-52)
+        s = rng.integers(1, 40, 2) * 2.0**-1074
+        (rr, _), = C._group_rows(s, s, X, X, np.array([T]), [0], [2], C._group_prep(s, s, X, X))
+        vals = [Fraction(float(s[i])) * (Fraction(float(X[i, 0])) - Fraction(T)) for i in range(2)]
+        assert max([vals[i] for i in rr.tolist()] + [Fraction(0)]) == max(vals + [Fraction(0)])

@@ -185,6 +185,9 @@ def spectral_upper(M: arb_mat) -> arb:
 # only ever *discard* rows, so the result is the arb maximum over every row that can attain it.
 _U = 2.0**-53  # unit roundoff of float64
 _TINY = 2.0**-1000  # covers underflow (and flush-to-zero) of every float operation below
+# A 2-norm of d float squares loses up to d 2^-1022 to underflow (or flush-to-zero) of the squares,
+# i.e. sqrt(d) 2^-511 of the norm; this covers it for any d < 2^120.
+_NORM_TINY = 2.0**-450
 
 
 def _mid_rad(rows: list[list[arb]]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,12 +247,13 @@ def _sum_lower(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _col_norms_float(Bm, Br) -> np.ndarray:
-    """Float upper bounds of the column 2-norms of B in Bm +- Br (k squares summed: gamma_(k+2))."""
+    """Float upper bounds of the column 2-norms of B in Bm +- Br (k squares summed: gamma_(k+2), and
+    ``_NORM_TINY`` for squares lost to underflow)."""
     k = Bm.shape[0]
     g = (k + 4) * _U / (1 - (k + 4) * _U)
     with np.errstate(all="ignore"):
         a = np.abs(Bm) + Br
-        out = np.sqrt((a * a).sum(axis=0)) * (1 + 2 * g) + _TINY
+        out = np.sqrt((a * a).sum(axis=0)) * (1 + 2 * g) + _NORM_TINY
     out[np.isnan(out)] = np.inf
     return out
 
@@ -302,17 +306,18 @@ class _Cols:
     def row_norms(prod: _Cols, V: arb_mat, M: arb_mat, vcache: dict) -> _Cols:
         """The N x 1 column of upper bounds |row of V M|_2 (exact arbs), from ``prod`` = V M's columns:
         a row's norm lies between those of its entries' distances to 0 and of their largest magnitudes,
-        and the float sum of d squares and the square root are within gamma_(d+2) of the exact ones."""
+        and the float sum of d squares and the square root are within gamma_(d+2) of the exact ones (plus
+        ``_NORM_TINY`` for squares lost to underflow)."""
         lo, hi = prod.lo, prod.hi
         d = lo.shape[1]
         g = (d + 4) * _U / (1 - (d + 4) * _U)
         with np.errstate(all="ignore"):
             big = np.maximum(np.abs(lo), np.abs(hi))
             small = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))
-            nhi = np.sqrt((big * big).sum(axis=1)) * (1 + 2 * g) + _TINY
+            nhi = np.sqrt((big * big).sum(axis=1)) * (1 + 2 * g) + _NORM_TINY
             nlo = np.sqrt((small * small).sum(axis=1)) * (1 - 2 * g) - _TINY
         nhi[np.isnan(nhi)] = np.inf
-        nlo[np.isnan(nlo)] = -np.inf
+        nlo[~np.isfinite(nlo)] = -np.inf  # an overflowed square says nothing from below
         vcache.setdefault("rows", V.tolist())
         Vrows = vcache["rows"]
 
@@ -368,7 +373,10 @@ def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict) -> list[tuple[np
                 c = [s * x for s in (sl, sh) for x in (dl, dh)]
                 b = np.maximum(np.maximum(c[0], c[1]), np.maximum(c[2], c[3]))
                 a = np.minimum(np.minimum(c[0], c[1]), np.minimum(c[2], c[3]))
-            tol = 8 * _U * np.maximum(np.abs(sl).max(), np.abs(sh).max()) * mag + _TINY
+            # an overflowed value bounds nothing: it becomes -inf (from below) or +inf (from above)
+            a = np.where(np.isfinite(a), a, -np.inf)
+            b = np.where(np.isfinite(b), b, np.inf)
+            tol = (np.maximum(np.abs(sl).max(), np.abs(sh).max()) * mag) * (8 * _U) + _TINY  # inf is safe
             thr = np.maximum(a.max(axis=0), 0.0) - 2 * tol
             ok = ~(b < thr[None, :])  # nan (an unknown bound) keeps the row
             cc, rr = np.nonzero(ok.T)  # sorted by column
