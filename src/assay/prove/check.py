@@ -1212,6 +1212,7 @@ class Checker:
         self.rope = cfg.positional_embedding_type == "rotary"
         self.act = cfg.act_fn
         self.eps = _f(cfg.eps)
+        self._unembed_cache: dict = {}
         self.prefix = list(prefix)
         self.suffix = list(suffix)
         self.allowed = list(allowed)
@@ -1519,25 +1520,41 @@ class Checker:
                                                  final=layer == nl - 1)
         return X[-1], lams
 
+    def _unembed(self, c: int) -> tuple:
+        """The unembedding differences for the token c, the same in every case of a claim: A[:, k] =
+        W_U[:, c] - W_U[:, k] and |A|, the bias differences, and (with a final LayerNorm) A scaled by
+        its weight, |that| and b . A."""
+        cache = self._unembed_cache
+        if c not in cache:
+            A = arb_mat([[_f(self.W_U[i, c]) - _f(self.W_U[i, k]) for k in range(self.W_U.shape[1])]
+                         for i in range(self.W_U.shape[0])])
+            bd = [_f(self.b_U[c]) - _f(x) for x in self.b_U]
+            Aw = absAw = bb = None
+            if self.lnf is not None:
+                w, b = self.lnf
+                Aw = arb_mat([[w[i] * A[i, k] for k in range(A.ncols())] for i in range(A.nrows())])
+                absAw = _absmat(Aw)
+                bb = _vec(_row(b) * A)
+            cache.clear()  # a claim has one token: keep at most one
+            cache[c] = (A, _absmat(A), bd, Aw, absAw, bb)
+        return cache[c]
+
     def margins(self, X: CSet, c: int, refine: list[int], alpha: list[dict] | None = None) -> list[arb]:
         """Lower bounds (exact arbs) of logit[c] - logit[k]; None at k = c. ``alpha``: per-competitor
         slopes (method /4, validated by :func:`check`): {"k", "path", "slopes": [[neuron, slope], ...]}."""
-        A = arb_mat([[_f(self.W_U[i, c]) - _f(self.W_U[i, k]) for k in range(self.W_U.shape[1])]
-                     for i in range(self.W_U.shape[0])])
-        bd = [_f(self.b_U[c]) - _f(x) for x in self.b_U]
+        A, absA, bd, Aw, absAw, bb = self._unembed(c)
         if self.lnf is None:
-            paths = [(X, A, bd, None)]
+            paths = [(X, A, absA, bd, None)]
         else:
             w, b = self.lnf
             Z = ln_set(X, w, b, self.eps)
             Y = X.center_coords()
             s_lo, s_hi = sigma_range(Y, self.eps, self.norm_ub)
-            Aw = arb_mat([[w[i] * A[i, k] for k in range(A.ncols())] for i in range(A.nrows())])
-            bb = _vec(_row(b) * A)
-            paths = [(Z, A, bd, None), (Y, Aw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]
+            paths = [(Z, A, absA, bd, None),
+                     (Y, Aw, absAw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]
         best = None
-        for S, M, beta, sig in paths:
-            lo = S.functional_lower(M, _absmat(M), exact=refine)
+        for S, M, absM, beta, sig in paths:
+            lo = S.functional_lower(M, absM, exact=refine)
             if sig is not None:
                 lo = [_lo(x / sig[1]) if x >= 0 else _lo(x / sig[0]) for x in lo]
             val = [_lo(x + y) for x, y in zip(lo, beta, strict=True)]
