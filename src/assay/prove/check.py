@@ -263,17 +263,14 @@ class _Cols:
     (inf / -inf where unknown) and the exact entries on demand, ``exact(rows, j)`` -> list of arbs."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray, exact):
-        self.lo, self.hi, self._exact = lo, hi, exact
+        self.lo, self.hi, self.exact = lo, hi, exact
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.lo.shape
 
-    def exact(self, rows, j: int) -> list[arb]:
-        return self._exact(rows, j)
-
     def neg(self) -> _Cols:
-        return _Cols(-self.hi, -self.lo, lambda rows, j: [-x for x in self._exact(rows, j)])
+        return _Cols(-self.hi, -self.lo, lambda rows, j: [-x for x in self.exact(rows, j)])
 
     @staticmethod
     def of_list(X: list[list[arb]]) -> _Cols:
@@ -300,7 +297,6 @@ class _Cols:
             return [sum((a * b for a, b in zip(Vrows[r], col, strict=True)), ZERO) for r in rows]
 
         return _Cols(lo, hi, exact)
-
 
     @staticmethod
     def row_norms(prod: _Cols, V: arb_mat, M: arb_mat, vcache: dict) -> _Cols:
@@ -334,10 +330,10 @@ def _bounds_of(scale: list[arb]) -> tuple[np.ndarray, np.ndarray]:
 
 def _group_prep(slo, shi, lo, hi) -> dict:
     """What :func:`_group_rows` needs for every t: the largest |X| per column and, when each scale is
-    one number s >= 0, the products s hi and s lo."""
+    one number s >= 0 (always, for the scales the checker makes), the products s hi and s lo."""
     with np.errstate(all="ignore"):
         pre = {"mag": np.maximum(np.abs(lo), np.abs(hi)).max(axis=0),
-               "point": bool(np.array_equal(slo, shi) and np.all(slo >= 0)), "nonneg": bool(np.all(slo >= 0))}
+               "point": bool(np.array_equal(slo, shi) and np.all(slo >= 0))}
         if pre["point"]:
             pre["prod"] = (slo[:, None] * hi, slo[:, None] * lo)
     return pre
@@ -354,19 +350,14 @@ def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict) -> list[tuple[np
     ncol = lo.shape[1]
     with np.errstate(all="ignore"):
         mag = pre["mag"] + t  # per column
-        point, nonneg = pre["point"], pre["nonneg"]
         for g0, g1 in zip(starts, bounds, strict=True):
             if g1 <= g0:
                 out.append((np.empty(0, dtype=np.int64), np.zeros(ncol + 1, dtype=np.int64)))
                 continue
             sl, sh = slo[g0:g1, None], shi[g0:g1, None]
-            if point:  # s (x - t) = s x - s t: extremes at x = hi and x = lo
+            if pre["point"]:  # s (x - t) = s x - s t: extremes at x = hi and x = lo
                 st = sl * t
                 b, a = pre["prod"][0][g0:g1] - st, pre["prod"][1][g0:g1] - st
-            elif nonneg:
-                dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
-                b = np.maximum(sh * dh, sl * dh)
-                a = np.minimum(sh * dl, sl * dl)
             else:
                 # bilinear in (s, x): its extremes over the box are at the corners
                 dh, dl = hi[g0:g1] - t, lo[g0:g1] - t
@@ -398,7 +389,7 @@ def pooled_max(X, pool) -> list[arb]:
 
     Each group's maximum is taken in arb over the rows that can attain it: a row whose float upper
     bound of scale_b (X_b - t) is below 0 or below another row's float lower bound is discarded (see
-    :class:`_Cols`); the bound above holds for the kept rows' exact values, which are at least every
+    :func:`_group_rows`); the bound above holds for the kept rows' exact values, which are at least every
     discarded row's value."""
     cols = X if isinstance(X, _Cols) else _Cols.of_list(X)
     scale, starts, mult, total = pool
@@ -444,15 +435,6 @@ def _row_max(cols: _Cols) -> list[arb]:
         rows = np.flatnonzero(~(cols.hi[:, j] < thr[j])).tolist()
         out.append(_emax(_up(x) for x in cols.exact(rows, j)))
     return out
-
-
-def _box_support(vlo: list, vhi: list, B: arb_mat) -> tuple[list[arb], list[arb]]:
-    """(lower, upper) bounds per column of sum_e c_e B[e, j] over the box vlo <= c <= vhi: with
-    m = (vlo + vhi) / 2 and h = |vhi - vlo| / 2, max(vlo_e b, vhi_e b) = m_e b + h_e |b| exactly."""
-    m = _row([(a + b) / 2 for a, b in zip(vlo, vhi, strict=True)])
-    h = _row([abs(b - a) / 2 for a, b in zip(vlo, vhi, strict=True)])
-    c, w = _vec(m * B), _vec(h * _absmat(B))
-    return [_lo(x - y) for x, y in zip(c, w, strict=True)], [_up(x + y) for x, y in zip(c, w, strict=True)]
 
 
 @dataclass
@@ -522,11 +504,8 @@ class CTerm:
         M = self.M
         k, d = M.nrows(), M.ncols()
         if self.kind in ("block", "pooled"):
-            cn = _col_norms_up(M)
-            l2 = [_up(self.vnorm * c) for c in cn]
-            blo, bhi = _box_support(self.vlo, self.vhi, M)
-            hi = [_emin([x, y]) for x, y in zip(l2, bhi, strict=True)]
-            lo = [_emax([-x, y]) for x, y in zip(l2, blo, strict=True)]
+            flo, fhi = self._cheap_bounds(*_mid_rad(M.tolist()))
+            lo, hi = [arb(float(x)) for x in flo], [arb(float(x)) for x in fhi]
             if self.V.nrows() * k * d <= EXACT_COORD_LIMIT:
                 elo, ehi = self.extremes(self.product(M))
                 hi = [_emin([x, y]) for x, y in zip(hi, ehi, strict=True)]
@@ -556,29 +535,37 @@ class CTerm:
 
     def cheap_lower(self, Am: np.ndarray, Ar: np.ndarray) -> np.ndarray:
         """Float lower bounds of min coef @ M @ A[:, k] over the term, for A in Am +- Ar (the cheap
-        support of :meth:`support`, in float64 with rigorous error bounds; -inf where unknown)."""
+        support, :meth:`_cheap_bounds`, of B = M A; -inf where unknown)."""
         if self.M.nrows() == 0:
             return np.zeros(Am.shape[1])
-        Bm, Br = _product_enclosure(*_mid_rad(self.M.tolist()), Am, Ar)
-        if self.kind in ("block", "pooled"):  # max(-vnorm |B_k|, min over the coefficient box)
+        return self._cheap_bounds(*_product_enclosure(*_mid_rad(self.M.tolist()), Am, Ar))[0]
+
+    def _cheap_bounds(self, Bm: np.ndarray, Br: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Float bounds (lo, hi) of coef @ B[:, k] over the term's coefficients, B in Bm +- Br, without
+        its vertices: for blocks and pooled terms -+ min(vnorm |B_k|, the coefficient box's support),
+        the box's as m . B -+ h . |B| (m its midpoint, h its half-width: max(vlo b, vhi b) = m b + h |b|);
+        for zonotopes -+ sum_e |B_ek|; for ellipsoids -+ |B_k|. -inf / inf where unknown."""
+        if self.kind in ("block", "pooled"):
             mm = _mid_rad([[(a + b) / 2 for a, b in zip(self.vlo, self.vhi, strict=True)]])
             hh = _mid_rad([[abs(b - a) / 2 for a, b in zip(self.vlo, self.vhi, strict=True)]])
-            vn = _float_up(self.vnorm)
             with np.errstate(all="ignore"):
-                l2 = vn * _col_norms_float(Bm, Br) * (1 + 4 * _U)
+                l2 = _float_up(self.vnorm) * _col_norms_float(Bm, Br) * (1 + 4 * _U)
                 C1, E1 = _product_enclosure(*mm, Bm, Br)  # m . B
                 C2, E2 = _product_enclosure(*hh, np.abs(Bm) + Br, np.zeros_like(Br))  # >= h . |B|
-                box = _sum_lower([C1, -E1, -C2, -E2])[0]
-                out = np.maximum(-l2, box)
-        elif self.kind == "zono":
-            k = Bm.shape[0]
-            g = (k + 4) * _U / (1 - (k + 4) * _U)
-            with np.errstate(all="ignore"):
-                out = -((np.abs(Bm) + Br).sum(axis=0) * (1 + 2 * g) + _TINY)
+                lo = np.maximum(-l2, _sum_lower([C1, -E1, -C2, -E2])[0])
+                hi = np.minimum(l2, -_sum_lower([-C1, -E1, -C2, -E2])[0])
         else:
-            out = -_col_norms_float(Bm, Br)
-        out[np.isnan(out)] = -np.inf
-        return out
+            if self.kind == "zono":
+                k = Bm.shape[0]
+                g = (k + 4) * _U / (1 - (k + 4) * _U)
+                with np.errstate(all="ignore"):
+                    hi = (np.abs(Bm) + Br).sum(axis=0) * (1 + 2 * g) + _TINY
+            else:
+                hi = _col_norms_float(Bm, Br)
+            lo = -hi
+        lo, hi = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
+        lo[np.isnan(lo)], hi[np.isnan(hi)] = -np.inf, np.inf
+        return lo, hi
 
 
 def signed_copy(t: CTerm, k: arb) -> CTerm:
