@@ -40,8 +40,9 @@ def _balls(a: np.ndarray, rad: float = 0.0) -> arb_mat:
 
 
 def _contains(lo: float, hi: float, x: arb) -> bool:
-    return (arb(lo) <= x.lower()) and (x.upper() <= arb(hi)) if np.isfinite(lo) and np.isfinite(hi) else (
-        (not np.isfinite(lo) or arb(lo) <= x.lower()) and (not np.isfinite(hi) or x.upper() <= arb(hi)))
+    """lo <= every point of x <= hi; only lo = -inf or hi = +inf is an unknown bound (never +inf below)."""
+    return (lo == -np.inf or (np.isfinite(lo) and arb(lo) <= x.lower())) and (
+        hi == np.inf or (np.isfinite(hi) and x.upper() <= arb(hi)))
 
 
 @pytest.mark.parametrize("rad", [0.0, 1e-9])
@@ -69,37 +70,42 @@ def test_product_bounds_of_huge_entries_are_infinite_not_wrong():
 
 
 def test_row_norm_bounds_contain_the_exact_norms():
+    # exact inputs (the norm of every row is then one number, enclosed tightly by arb)
     for _ in range(5):
         n, k, d = (int(v) for v in RNG.integers(1, 10, 3))
-        V, M = _balls(_wild((n, k)), 1e-12), _balls(_wild((k, d)))
+        V, M = _balls(_wild((n, k))), _balls(_wild((k, d)))
         cache: dict = {}
-        prod = C._Cols.product(V, M, cache)
-        norms = C._Cols.row_norms(prod, V, M, cache)
+        norms = C._Cols.row_norms(C._Cols.product(V, M, cache), V, M, cache)
         rows = (V * M).tolist()
         for i in range(n):
-            exact = C._norm_up(rows[i])
-            true_lo = sum((x * x for x in rows[i]), C.ZERO).lower()
-            assert arb(norms.lo[i, 0]) ** 2 <= true_lo or norms.lo[i, 0] <= 0
-            assert exact <= arb(norms.hi[i, 0]) * (1 + arb(2.0**-40)) or norms.hi[i, 0] == np.inf
-            assert norms.exact([i], 0)[0] >= exact.lower()
+            sq = sum((x * x for x in rows[i]), C.ZERO)
+            assert norms.lo[i, 0] <= 0 or arb(norms.lo[i, 0]) ** 2 <= sq.lower()
+            assert norms.hi[i, 0] == np.inf or sq.upper() <= arb(norms.hi[i, 0]) ** 2
+            assert norms.exact([i], 0)[0] >= sq.sqrt().lower()
 
 
-def _pool(N, rng=RNG):
+def _pool(N, rng=RNG, point=True):
+    """A random pool; with ``point=False`` one scale (3 2^-1100) lies below the double range, so its
+    float bounds differ (0 and 2^-1074) and the filter takes its interval-scale branch. (Every other
+    exact arb at 53 bits is a double: arb rounds its midpoints to the working precision.)"""
     cut = sorted(set(rng.integers(1, N, 2).tolist())) if N > 2 else []
     starts = [0] + cut
     scale = [arb(float(x)) for x in rng.uniform(0, 1, N)]
+    if not point:
+        scale[int(rng.integers(0, N))] = 3 * arb(2) ** -1100
     return (scale, starts, [arb(int(m)) for m in rng.integers(1, 4, len(starts))], arb(float(rng.uniform(0.1, 2))))
 
 
 def test_maxima_through_the_product_equal_those_over_the_full_arb_product():
     # pooled_max and the block extremes of V B, with V B never formed, against the same functions on
     # every row's exact entry (the float filter may only drop rows that cannot change the result).
-    for _ in range(12):
+    for trial in range(12):
         N, k, K = int(RNG.integers(2, 30)), int(RNG.integers(1, 6)), int(RNG.integers(1, 4))
         Vf = RNG.standard_normal((N, k)) * 10.0 ** RNG.uniform(-6, 6)
         Vf[RNG.integers(0, N, 3)] = Vf[0]  # exact ties
         V, B = _balls(Vf), _balls(_wild((k, K)))
-        pool = _pool(N)
+        pool = _pool(N, point=trial % 2 == 0)
+        assert (trial % 2 == 0) == bool(np.array_equal(*C._bounds_of(pool[0])))  # both filter branches
         via = C._Cols.product(V, B)
         # the same exact entries, every row of them (they overlap the arb product's)
         full = [[via.exact([i], j)[0] for j in range(K)] for i in range(N)]
@@ -112,27 +118,31 @@ def test_maxima_through_the_product_equal_those_over_the_full_arb_product():
         assert all(g == h for g, h in zip(got, hi, strict=True))
 
 
-def _arb_cheap_lower(t, A: arb_mat) -> list[arb]:
-    """The cheap lower support of a term in plain arb (the formula of CTerm.cheap_lower)."""
+def _arb_cheap(t, A: arb_mat) -> tuple[list[arb], list[arb]]:
+    """The cheap support of a term (both sides) in plain arb, the formula of CTerm._cheap_bounds."""
     B = t.M * A
     rows = B.tolist()
     K = A.ncols()
     if t.kind in ("block", "pooled"):
-        out = []
+        lo, hi = [], []
         for j in range(K):
             col = [r[j] for r in rows]
             l2 = t.vnorm * C._norm_up(col)
-            box = sum((C._emin([(lo * x).lower(), (hi * x).lower()])
-                       for lo, hi, x in zip(t.vlo, t.vhi, col, strict=True)), C.ZERO)
-            out.append(max((-l2).lower(), box.lower()))
-        return out
+            pairs = [(a * x, b * x) for a, b, x in zip(t.vlo, t.vhi, col, strict=True)]
+            blo = sum((C._emin([p.lower(), q.lower()]) for p, q in pairs), C.ZERO)
+            bhi = sum((C._emax([p.upper(), q.upper()]) for p, q in pairs), C.ZERO)
+            lo.append(C._emax([(-l2).lower(), blo.lower()]))
+            hi.append(C._emin([l2.upper(), bhi.upper()]))
+        return lo, hi
     if t.kind == "zono":
-        return [-(sum((abs(r[j]) for r in rows), C.ZERO)).upper() for j in range(K)]
-    return [-C._norm_up([r[j] for r in rows]) for j in range(K)]
+        hi = [(sum((abs(r[j]) for r in rows), C.ZERO)).upper() for j in range(K)]
+    else:
+        hi = [C._norm_up([r[j] for r in rows]) for j in range(K)]
+    return [-x for x in hi], hi
 
 
 @pytest.mark.parametrize("kind", ["block", "pooled", "zono", "ell"])
-def test_cheap_lower_is_below_the_exact_minimum_and_close_to_the_arb_formula(kind):
+def test_cheap_bounds_contain_the_exact_support_and_match_the_arb_formula(kind):
     for _ in range(6):
         N, k, d, K = (int(v) for v in RNG.integers(2, 9, 4))
         M = _balls(RNG.standard_normal((k, d)) * 10.0 ** RNG.uniform(-3, 3), 1e-12)
@@ -146,13 +156,23 @@ def test_cheap_lower_is_below_the_exact_minimum_and_close_to_the_arb_formula(kin
         else:
             t = C.CTerm(999, kind, M)
         Am, Ar = C._mid_rad(A.tolist())
-        cheap = t.cheap_lower(Am, Ar)
-        exact_lo, _ = t.support(A)
-        ref = _arb_cheap_lower(t, A)
+        lo, hi = t._cheap_bounds(*C._product_enclosure(*C._mid_rad(M.tolist()), Am, Ar))
+        assert np.array_equal(lo, t.cheap_lower(Am, Ar))
+        exact_lo, exact_hi = t.support(A)
+        ref_lo, ref_hi = _arb_cheap(t, A)
         for j in range(K):
-            assert arb(cheap[j]) <= exact_lo[j].lower()  # sound: below the exact minimum
+            # sound: outside the exact support on both sides
+            assert arb(lo[j]) <= exact_lo[j].lower() and exact_hi[j].upper() <= arb(hi[j])
             # as tight as the same formula in arb, up to float rounding
-            assert abs(float(cheap[j]) - float(ref[j].mid())) <= 1e-9 * (1 + abs(float(ref[j].mid())))
+            for f, r in ((lo[j], ref_lo[j]), (hi[j], ref_hi[j])):
+                assert abs(f - float(r.mid())) <= 1e-9 * (1 + abs(float(r.mid())))
+        # the coordinate deviations (cheap bound, then the exact one) contain every vertex's coordinates
+        if kind in ("block", "pooled"):
+            dlo, dhi = t.coord_dev()
+            eye = arb_mat([[arb(1) if i == j else C.ZERO for j in range(d)] for i in range(d)])
+            elo, ehi = t.support(eye)
+            assert all(a <= e.lower() and e.upper() <= b for a, b, e in zip(dlo, dhi, elo, strict=True))
+            assert all(a <= e.lower() and e.upper() <= b for a, b, e in zip(dlo, dhi, ehi, strict=True))
 
 
 def test_cheap_lower_of_a_set_against_sampled_points():
