@@ -34,7 +34,8 @@ def random_set(rng, d, scale=1.0, kinds=("block", "pooled", "zono", "ell"), cent
         starts = np.array([0, cut]) if cut < N else np.array([0])
         mult = rng.integers(1, 4, size=len(starts)).astype(float)
         S.terms.append(make_pooled(rng.standard_normal((N, k)) * scale, rng.uniform(0, 0.6, N), starts, mult,
-                                   float(rng.uniform(0.1, 1.5)), rng.standard_normal((k, d)) * 0.5))
+                                   float(rng.uniform(0.1, 1.5)), rng.standard_normal((k, d)) * 0.5,
+                                   random_pscale(rng, starts, mult, N)))
     if "zono" in kinds:
         m = int(rng.integers(1, 6))
         S.terms.append(Term(new_id(), "zono", rng.standard_normal((m, d)) * 0.3 * scale))
@@ -42,6 +43,34 @@ def random_set(rng, d, scale=1.0, kinds=("block", "pooled", "zono", "ell"), cent
         k = int(rng.integers(1, d + 1))
         S.terms.append(Term(new_id(), "ell", rng.standard_normal((k, d)) * 0.3 * scale))
     return S
+
+
+def random_pscale(rng, starts, mult, N: int) -> tuple | None:
+    """Per-position scales for some groups of a random pooled term (None half of the time): buckets of
+    positions with their own scales, counts summing to the group's multiplicity."""
+    if rng.uniform() < 0.5:
+        return None
+    bounds = list(starts[1:]) + [N]
+    out = []
+    for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
+        m = int(mult[g])
+        if rng.uniform() < 0.3:
+            out.append(None)
+            continue
+        nb = int(rng.integers(1, m + 1))
+        counts = np.ones(nb)
+        counts[0] += m - nb
+        out.append((rng.uniform(0, 0.6, (nb, b - a)), counts))
+    return tuple(out)
+
+
+def position_scales(t, gi: int, a: int, b: int) -> list[np.ndarray]:
+    """The scale vector (over the rows of group gi, [a, b)) of every one of its positions."""
+    scale_, _starts, mult, _total, pscale = t.pool
+    per = pscale[gi] if pscale is not None else None
+    if per is None:
+        return [scale_[a:b]] * int(mult[gi])
+    return [sq for sq, n in zip(*per, strict=True) for _ in range(int(n))]
 
 
 def coefficients(S: AffineSet, n: int, rng) -> dict[int, np.ndarray]:
@@ -56,15 +85,15 @@ def coefficients(S: AffineSet, n: int, rng) -> dict[int, np.ndarray]:
             out[t.id] = a @ t.V
         elif t.kind == "pooled":
             # positions pick one row of their group with weight <= its scale; total weight <= total
-            scale_, starts, mult, total = t.pool
+            _scale, starts, mult, total, _pscale = t.pool
             bounds = list(starts[1:]) + [t.V.shape[0]]
             coef = np.zeros((n, t.V.shape[1]))
             for i in range(n):
                 left = total
                 for gi, (a, b) in enumerate(zip(starts, bounds, strict=True)):
-                    for _ in range(int(mult[gi])):
+                    for sq in position_scales(t, gi, a, b):
                         r = int(rng.integers(a, b))
-                        w = min(scale_[r] * (1.0 if i < n // 3 else rng.uniform()), left)
+                        w = min(sq[r - a] * (1.0 if i < n // 3 else rng.uniform()), left)
                         left -= w
                         coef[i] += w * t.V[r]
             out[t.id] = coef * (1 - 1e-12)
@@ -396,7 +425,7 @@ def test_pooled_max_bounds_the_lp_optimum():
     from assay.prove.affine import pooled_max
 
     rng = np.random.default_rng(14)
-    for _ in range(40):
+    for _ in range(80):
         N = int(rng.integers(2, 10))
         cut = int(rng.integers(1, N))
         starts = np.array([0, cut])
@@ -404,16 +433,22 @@ def test_pooled_max_bounds_the_lp_optimum():
         x = rng.standard_normal(N)
         scale = rng.uniform(0, 1, N)
         total = float(rng.uniform(0.05, 2))
-        # variables a_(p, b) for every position p (mult copies per group) and row b of its group
+        pscale = random_pscale(rng, starts, mult, N)
+        # variables a_(p, b) for every position p (mult copies per group) and row b of its group, with
+        # that position's scale s_pb
         groups = [range(0, cut), range(cut, N)]
-        cols, A_pos = [], []
+        cols, sc, A_pos = [], [], []
         for g, rows in enumerate(groups):
-            for _p in range(int(mult[g])):
+            per = pscale[g] if pscale is not None else None
+            pos = ([scale[rows.start:rows.stop]] * int(mult[g]) if per is None
+                   else [sq for sq, n in zip(*per, strict=True) for _ in range(int(n))])
+            for sq in pos:
                 A_pos.append([len(cols) + j for j in range(len(rows))])
                 cols.extend(rows)
+                sc.extend(sq)
         nv = len(cols)
-        c = -np.array([scale[b] * x[b] for b in cols])
-        A_ub = [np.array([scale[b] for b in cols])]
+        c = -np.array([s_ * x[b] for s_, b in zip(sc, cols, strict=True)])
+        A_ub = [np.array(sc)]
         b_ub = [total]
         for idx in A_pos:
             row = np.zeros(nv)
@@ -421,7 +456,7 @@ def test_pooled_max_bounds_the_lp_optimum():
             A_ub.append(row)
             b_ub.append(1.0)
         lp = linprog(c, A_ub=np.array(A_ub), b_ub=b_ub, bounds=[(0, None)] * nv)
-        ub = pooled_max(x[:, None], scale, starts, mult, total)[0]
+        ub = pooled_max(x[:, None], scale, starts, mult, total, pscale)[0]
         assert ub >= -lp.fun - 1e-12
         assert ub <= -lp.fun + 0.25 * abs(lp.fun) + 1e-9  # the grid over t costs a little
 

@@ -69,7 +69,7 @@ class Term:
     vnorm: float = 0.0  # >= sup |coefficient|_2
     vlo: np.ndarray | None = None  # per-coordinate lower bound of the coefficient
     vhi: np.ndarray | None = None  # per-coordinate upper bound of the coefficient
-    pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total)
+    pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total, per-position scales)
     diag: bool = False  # M is square and diagonal (kept by elementwise scaling only)
     signed: bool = False  # block / pooled: the coefficients are s * c for c in the set and |s| <= 1
     _l2: float | None = None  # cached l2_sup (M never changes in place)
@@ -195,48 +195,68 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
 POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
-def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float) -> np.ndarray:
+def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
+               pscale: tuple | None = None) -> np.ndarray:
     """Rigorous upper bound, per column k, of the support of a *pooled* term in direction X[:, k].
 
-    The term's coefficients are sum_{i,b} a_ib scale_b D_b where position i may use only the rows of its
+    The term's coefficients are sum_{i,b} a_ib s_ib D_b where position i may use only the rows of its
     group (groups are contiguous row ranges starting at ``starts``; a group of multiplicity m stands for m
-    positions with the same rows), sum_b a_ib <= 1 for every position, a >= 0, and the total weight
-    sum a_ib scale_b <= total. Lagrangian duality on the total: for every t >= 0 the support is at most
-    total * t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t)); we take the least over a grid of t
-    in [0, max X].
+    positions), sum_b a_ib <= 1 for every position, a >= 0, and the total weight sum a_ib s_ib <= total.
+    The scale s_ib of row b at position i is ``scale[b]`` for every position of the group, unless
+    ``pscale[g]`` is given for the group: then it is a pair (S, counts), S [n_buckets, group rows], and
+    counts[q] of the group's positions have the scales S[q] (the counts sum to the multiplicity).
+    Lagrangian duality on the total: for every t >= 0 the support is at most total * t + sum over
+    positions of max(0, max_{b in its group} s_ib (X_b - t)); we take the least over a grid of t in
+    [0, max X].
     """
     N, K = X.shape
     if N == 0 or total <= 0.0:
         return np.zeros(K)
     top = np.maximum(X.max(axis=0), 0.0)
-    # |fl(scale_b fl(X_b - t)) - scale_b (X_b - t)| <= 3U scale_b (|X_b| + t) <= 3U smax (max_b |X_b| + t)
-    smax = float(scale.max())
+    ends = np.append(starts[1:], N)
+    per = [] if pscale is None else [(g, S) for g, S in enumerate(pscale) if S is not None]
+    plain = mult.astype(np.float64, copy=True)
+    plain[[g for g, _ in per]] = 0.0  # those groups are counted bucket by bucket
+    # |fl(s fl(X_b - t)) - s (X_b - t)| <= 3U s (|X_b| + t) <= 3U smax (max_b |X_b| + t), where smax bounds
+    # every scale (the per-position ones included: they are below total, and so is smax's bound below)
+    smax = max([float(scale.max())] + [float(S.max()) for _, (S, _c) in per])
     slack0 = 3 * U * smax * np.abs(X).max(axis=0)
     sc = scale[:, None]
+    D = np.empty_like(X)
     Y = np.empty_like(X)
     best = None
     for f in POOL_T:
         t = top * f
-        np.subtract(X, t, out=Y)
-        np.multiply(Y, sc, out=Y)
+        np.subtract(X, t, out=D)
         slack = up(slack0 + 3 * U * smax * t, 4)
-        if len(starts) == 1:
-            gmax = np.maximum(Y.max(axis=0) + slack, 0.0)[None, :]
-        else:
-            gmax = np.maximum(np.maximum.reduceat(Y, starts, axis=0) + slack, 0.0)
-        val = up(total * t + mult @ gmax, len(mult) + 4)
+        parts = [total * t]
+        if plain.any():
+            np.multiply(D, sc, out=Y)
+            if len(starts) == 1:
+                gmax = np.maximum(Y.max(axis=0) + slack, 0.0)[None, :]
+            else:
+                gmax = np.maximum(np.maximum.reduceat(Y, starts, axis=0) + slack, 0.0)
+            parts.append(plain @ gmax)
+        for g, (S, counts) in per:
+            Dg = D[starts[g]:ends[g]]
+            for q in range(S.shape[0]):
+                parts.append(counts[q] * np.maximum((S[q][:, None] * Dg).max(axis=0) + slack, 0.0))
+        val = up(sum(parts), len(mult) + 4 + sum(S.shape[0] for _, (S, _c) in per))
         best = val if best is None else np.minimum(best, val)
     return best
 
 
 def make_pooled(D: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
-                M: np.ndarray) -> Term:
-    """A pooled term (see :func:`pooled_max`) mapped by M."""
+                M: np.ndarray, pscale: tuple | None = None) -> Term:
+    """A pooled term (see :func:`pooled_max`; ``pscale``: per-position scales of some groups) mapped by M."""
     D = np.ascontiguousarray(D, dtype=np.float64)
     scale = np.minimum(np.asarray(scale, dtype=np.float64), total)
     starts = np.asarray(starts, dtype=np.int64)
     mult = np.asarray(mult, dtype=np.float64)
-    pool = (scale, starts, mult, float(total))
+    if pscale is not None:
+        pscale = tuple(None if S is None else (np.minimum(np.asarray(S[0], dtype=np.float64), total),
+                                               np.asarray(S[1], dtype=np.float64)) for S in pscale)
+    pool = (scale, starts, mult, float(total), pscale)
     vnorm = float(pooled_max(row_norms(D)[:, None], *pool)[0])
     hi = pooled_max(D, *pool)
     lo = -pooled_max(-D, *pool)

@@ -382,22 +382,40 @@ _ids = itertools.count()
 POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
+def _pool_pieces(pool, N: int) -> list[tuple[int, int, list, arb]]:
+    """The pooled bound's sum over positions as pieces (g0, g1, scales of rows g0..g1-1, count): one per
+    group with one scale vector (count = its multiplicity), or one per bucket of per-position scales."""
+    scale, starts, mult = pool[0], pool[1], pool[2]
+    pscale = pool[4] if len(pool) > 4 else None
+    bounds = list(starts[1:]) + [N]
+    out = []
+    for g, (g0, g1) in enumerate(zip(starts, bounds, strict=True)):
+        per = pscale[g] if pscale is not None else None
+        if per is None:
+            out.append((g0, g1, scale[g0:g1], mult[g]))
+        else:
+            out.extend((g0, g1, sq, n) for sq, n in zip(*per, strict=True))
+    return out
+
+
 def pooled_max(X, pool) -> list[arb]:
     """Upper bound per column of the support of a pooled term (rows X [N][K], a list of lists of arbs
-    or a :class:`_Cols`): for every t >= 0, total t + sum_G mult_G max(0, max_{b in G} scale_b (X_b - t))
-    bounds it (Lagrangian duality); the least over a grid of t in [0, max X] is taken.
+    or a :class:`_Cols`): for every t >= 0, total t + sum over positions of max(0, max_b s_ib (X_b - t))
+    bounds it (Lagrangian duality), with s_ib row b's scale at position i (the group's scale, or the
+    per-position scales of ``pool[4]``, see :func:`_pool_pieces`); the least over a grid of t in
+    [0, max X] is taken.
 
-    Each group's maximum is taken in arb over the rows that can attain it: a row whose float upper
-    bound of scale_b (X_b - t) is below 0 or below another row's float lower bound is discarded (see
+    Each piece's maximum is taken in arb over the rows that can attain it: a row whose float upper
+    bound of s_b (X_b - t) is below 0 or below another row's float lower bound is discarded (see
     :func:`_group_rows`); the bound above holds for the kept rows' exact values, which are at least every
     discarded row's value."""
     cols = X if isinstance(X, _Cols) else _Cols.of_list(X)
-    scale, starts, mult, total = pool
+    total = pool[3]
     N, K = cols.shape
     if N == 0 or not total > 0:
         return [ZERO] * K
-    bounds = list(starts[1:]) + [N]
-    slo, shi = _bounds_of(scale)
+    pieces = _pool_pieces(pool, N)
+    fl = [_bounds_of(sc) for _g0, _g1, sc, _n in pieces]
     out = []
     with np.errstate(all="ignore"):  # the grid's top: the column's largest entry (any t >= 0 gives a bound)
         tops = np.maximum(np.array([float(x) for x in _row_max(cols)], dtype=np.float64), 0.0)
@@ -407,18 +425,22 @@ def pooled_max(X, pool) -> list[arb]:
         lo, hi = cols.lo[:, j0:j0 + chunk], cols.hi[:, j0:j0 + chunk]
         top = tops[j0:j0 + chunk]
         ts = [top * f for f in POOL_T]
-        pre = _group_prep(slo, shi, lo, hi)
-        keep = [_group_rows(slo, shi, lo, hi, tf, starts, bounds, pre) for tf in ts]
+        keep = []  # per t, per piece: (rows, column starts)
+        for (g0, g1, _sc, _n), (slo, shi) in zip(pieces, fl, strict=True):
+            pre = _group_prep(slo, shi, lo[g0:g1], hi[g0:g1])
+            keep.append([_group_rows(slo, shi, lo[g0:g1], hi[g0:g1], tf, [0], [g1 - g0], pre)[0] for tf in ts])
         for jj in range(lo.shape[1]):
-            rows = sorted({int(r) for per in keep for rr, cs in per for r in rr[cs[jj]:cs[jj + 1]]})
+            rows = sorted({g0 + int(r) for (g0, _g1, _sc, _n), per in zip(pieces, keep, strict=True)
+                           for rr, cs in per for r in rr[cs[jj]:cs[jj + 1]]})
             ex = dict(zip(rows, (_up(x) for x in cols.exact(rows, j0 + jj)), strict=True))
             best = None
-            for tf, per in zip(ts, keep, strict=True):
+            for it, tf in enumerate(ts):
                 t = _f(tf[jj])
                 val = total * t
-                for g, (rr, cs) in enumerate(per):
-                    gm = _emax([_up(scale[r] * (ex[r] - t)) for r in rr[cs[jj]:cs[jj + 1]]] + [ZERO])
-                    val = val + mult[g] * gm
+                for (g0, _g1, sc, n), per in zip(pieces, keep, strict=True):
+                    rr, cs = per[it]
+                    gm = _emax([_up(sc[r] * (ex[g0 + r] - t)) for r in rr[cs[jj]:cs[jj + 1]]] + [ZERO])
+                    val = val + n * gm
                 val = _up(val)
                 best = val if best is None else _emin([best, val])
             out.append(best)
@@ -590,9 +612,28 @@ def make_block(V: arb_mat, M: arb_mat) -> CTerm:
     return CTerm(next(_ids), "block", M, V, vnorm, vlo, vhi)
 
 
-def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat) -> CTerm:
+POSITION_BUCKETS = 8
+
+
+def _buckets(per: list[list[arb]]) -> tuple[list[list[arb]], list[int]]:
+    """Per-position scales (m lists over the rows) as at most POSITION_BUCKETS runs of positions
+    [i m // nb, (i + 1) m // nb), each with the elementwise largest scale, and the runs' lengths."""
+    m = len(per)
+    nb = min(m, POSITION_BUCKETS)
+    cuts = [i * m // nb for i in range(nb + 1)]
+    return ([[_emax(col) for col in zip(*per[a:b], strict=True)] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
+            [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+
+
+def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat,
+                pscale: list | None = None) -> CTerm:
+    """A pooled term (see :func:`pooled_max`): rows D mapped by M; ``pscale`` per group None or
+    (per-bucket scale lists, bucket counts)."""
     scale = [_emin([_up(x), total]) for x in scale]
-    pool = (scale, list(starts), [arb(x) for x in mult], total)
+    if pscale is not None:
+        pscale = [None if per is None else ([[_emin([_up(x), total]) for x in sq] for sq in per[0]],
+                                            [arb(n) for n in per[1]]) for per in pscale]
+    pool = (scale, list(starts), [arb(x) for x in mult], total, pscale)
     rows = D.tolist()
     k = D.ncols()
     vnorm = pooled_max([[_norm_up(r)] for r in rows], pool)[0]
@@ -1432,13 +1473,15 @@ class Checker:
                 exps = [[[_up((x - m).exp()) for x in sr] for sr in his] for _rows, his in groups]
                 wr = _up(sum((_emax(e) for ex in exps for e in ex), ZERO))
                 lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
-                rows_all, scale, starts, mult = [], [], [], []
-                for (rows, _his), ex in zip(groups, exps, strict=True):
+                rows_all, scale, starts, mult, pscale = [], [], [], [], []
+                for (rows, his), ex in zip(groups, exps, strict=True):
                     starts.append(len(rows_all))
                     mult.append(len(ex))
-                    for b in range(len(rows)):
-                        sc = _emax([_up(e[b] / (wa_lo + e[b])) if wa_lo > 0 else ONE for e in ex])
-                        scale.append(_emin([sc, lam]))
+                    per = [[_emin([_up(e[b] / (wa_lo + e[b])) if wa_lo > 0 else ONE, lam]) for b in range(len(rows))]
+                           for e in ex]
+                    scale.extend(_emax(col) for col in zip(*per, strict=True))
+                    same = all(sr is his[0] for sr in his)  # one score list for every position
+                    pscale.append(None if same else _buckets(per))
                     rows_all.extend(rows)
                 # Rows at the values' midpoints; the values' radii go to the box (as in the prover).
                 mids = [[_f(_mid(x)) for x in v] for v in rows_all]
@@ -1447,7 +1490,7 @@ class Checker:
                 D = arb_mat([[x - ze for x, ze in zip(v, z, strict=True)] for v in mids])
                 obox = [_up(b + lam * r) for b, r in zip(obox, vrad, strict=True)]
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
-                S.terms.append(make_pooled(D, scale, starts, mult, lam, lw["W_O"][h]))
+                S.terms.append(make_pooled(D, scale, starts, mult, lam, lw["W_O"][h], pscale))
             else:
                 lam = ZERO
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])

@@ -600,8 +600,8 @@ def head_output_set(
     the upper bounds of its scores, one per row). With W_A the anchors' softmax mass and w_i the free
     positions' (shift m), the output is o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w)
     <= e^{u_i} / (W_A^min + e^{u_i}) =: lambda_i(row) and sum_i c_i <= Lambda = W_R^max / (W_A^min +
-    W_R^max): a pooled term (affine.pooled_max) whose rows' scales are the largest lambda_i over the
-    positions of the group (each position holds one row).
+    W_R^max): a pooled term (affine.pooled_max) whose rows' scales are lambda_i(row) per position, or
+    the largest over a run of positions (:func:`position_buckets`; each position holds one row).
     """
     if not groups:
         return AffineSet.point(o, obox).affine(W_O), 0.0
@@ -622,15 +622,16 @@ def head_output_set(
         lam = 1.0
     else:
         lam = min(1.0, float(up(wr / (wa_lo + wr), 4)))
-    D, scale, starts, mult, vb = [], [], [], [], []
+    D, scale, starts, mult, vb, pscale = [], [], [], [], [], []
     row = 0
     for (V, Vb, _his), ex in zip(groups, exps, strict=True):
-        sc = np.zeros(V.shape[0])
+        per = []
         for e in ex:
             with np.errstate(invalid="ignore", divide="ignore"):
                 li = np.where(np.isfinite(e), e / (wa_lo + e), 1.0) if wa_lo > 0 else np.ones_like(e)
-            sc = np.maximum(sc, up(np.nan_to_num(li, nan=1.0), 4))
-        scale.append(np.minimum(sc, lam))
+            per.append(np.minimum(up(np.nan_to_num(li, nan=1.0), 4), lam))
+        scale.append(np.max(per, axis=0))
+        pscale.append(position_buckets(per))
         D.append(V - o)
         vb.append(Vb.max(axis=0))
         starts.append(row)
@@ -639,8 +640,27 @@ def head_output_set(
     D = np.concatenate(D)
     verr = up(lam * (3 * U * np.abs(D).max(axis=0) + np.max(vb, axis=0)), 4)
     S = AffineSet.point(o, up(obox + verr, 2)).affine(W_O)
-    S.terms.append(make_pooled(D, np.concatenate(scale), np.array(starts), np.array(mult), lam, W_O))
+    S.terms.append(make_pooled(D, np.concatenate(scale), np.array(starts), np.array(mult), lam, W_O,
+                               tuple(pscale)))
     return S, lam
+
+
+POSITION_BUCKETS = 8  # at most this many scale vectors per group of positions sharing value rows
+
+
+def position_buckets(per: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-position scales of one group of positions as (S, counts) for affine.pooled_max: the
+    positions in order, cut into nb = min(m, POSITION_BUCKETS) contiguous runs [i m // nb, (i + 1) m // nb)
+    (m positions), each run
+    with the elementwise largest scale of its positions; None when every position has the same scales
+    (the group's one scale vector says it all)."""
+    if len(per) <= 1 or all(np.array_equal(per[0], x) for x in per[1:]):
+        return None
+    m = len(per)
+    nb = min(m, POSITION_BUCKETS)
+    cuts = [i * m // nb for i in range(nb + 1)]
+    S = np.stack([np.max(per[a:b], axis=0) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+    return S, np.diff(cuts).astype(np.float64)
 
 
 __all__ = [

@@ -211,20 +211,24 @@ def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
     """Float value and maximiser (a coefficient vector) of sum_ib w_ib vals_b over a pooled term's
     weights: the Lagrangian form of affine.pooled_max at its best grid point (the total is not enforced
     in the maximiser; this only guides the search)."""
-    scale, starts, mult, total = t.pool
+    scale, starts, mult, total, pscale = t.pool
     top = max(float(vals.max(initial=0.0)), 0.0)
     ends = np.append(starts[1:], len(vals))
     best, arg = np.inf, np.zeros(t.V.shape[1])
     for f in POOL_T:
         tt = top * f
-        Y = scale * (vals - tt)
         val, coef = total * tt, np.zeros(t.V.shape[1])
-        for s0, e0, m in zip(starts, ends, mult, strict=True):
-            if e0 > s0:
-                j = s0 + int(np.argmax(Y[s0:e0]))
-                if Y[j] > 0:
-                    val += m * Y[j]
-                    coef = coef + m * scale[j] * t.V[j]
+        for g, (s0, e0, m) in enumerate(zip(starts, ends, mult, strict=True)):
+            if e0 <= s0:
+                continue
+            per = pscale[g] if pscale is not None else None
+            S, counts = per if per is not None else (scale[None, s0:e0], [m])
+            for sq, n in zip(S, counts, strict=True):
+                Yq = sq * (vals[s0:e0] - tt)
+                j = int(np.argmax(Yq))
+                if Yq[j] > 0:
+                    val += n * Yq[j]
+                    coef = coef + n * sq[j] * t.V[s0 + j]
         if val < best:
             best, arg = val, coef
     return best, arg
