@@ -329,9 +329,17 @@ def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
     C = importlib.import_module("assay.prove.check")  # the package exports a function of that name
 
     def full(X, pool):
-        scale, starts, mult, total = pool
+        scale, starts, mult, total = pool[:4]
+        pscale = pool[4] if len(pool) > 4 else None
         N, K = len(X), len(X[0])
         bounds = list(starts[1:]) + [N]
+        # the positions of every group: (rows, their scales there, how many positions have them)
+        positions = []
+        for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
+            if pscale is None or pscale[g] is None:
+                positions.append((a, b, scale[a:b], mult[g]))
+            else:
+                positions += [(a, b, sq, n) for sq, n in zip(*pscale[g], strict=True)]
         out = []
         for k in range(K):
             col = [X[b][k].upper() for b in range(N)]
@@ -340,9 +348,9 @@ def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
             for f in C.POOL_T:
                 t = arb(top * f)
                 val = total * t
-                for g, (a, b) in enumerate(zip(starts, bounds, strict=True)):
-                    gm = C._emax([(scale[r] * (col[r] - t)).upper() for r in range(a, b)] + [C.ZERO])
-                    val = val + mult[g] * gm
+                for a, b, sc, n in positions:
+                    gm = C._emax([(sc[r - a] * (col[r] - t)).upper() for r in range(a, b)] + [C.ZERO])
+                    val = val + n * gm
                 val = val.upper()
                 best = val if best is None else C._emin([best, val])
             out.append(best)
@@ -357,7 +365,17 @@ def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
         scale = [arb(float(x)) for x in rng.uniform(0, 1, N)]
         cut = sorted(set(rng.integers(1, N, 2).tolist()))
         starts = [0] + cut
-        pool = (scale, starts, [arb(int(m)) for m in rng.integers(1, 4, len(starts))], arb(float(rng.uniform(0.1, 2))))
+        mult = [int(m) for m in rng.integers(1, 4, len(starts))]
+        pscale = None
+        if trial % 2:  # per-position scales on some groups (buckets whose counts sum to the multiplicity)
+            bounds = starts[1:] + [N]
+            pscale = []
+            for g, m in enumerate(mult):
+                nb = int(rng.integers(1, m + 1))
+                counts = [m - nb + 1] + [1] * (nb - 1)
+                pscale.append(None if g == 0 else ([[arb(float(x)) for x in rng.uniform(0, 1, bounds[g] - starts[g])]
+                                                    for _ in range(nb)], [arb(n) for n in counts]))
+        pool = (scale, starts, [arb(m) for m in mult], arb(float(rng.uniform(0.1, 2))), pscale)
         Xa = [[arb(float(v)) for v in row] for row in X]
         got, want = C.pooled_max(Xa, pool), full(Xa, pool)
         assert all(g == w for g, w in zip(got, want, strict=True)), (trial, got, want)
