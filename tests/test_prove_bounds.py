@@ -66,7 +66,7 @@ def random_pscale(rng, starts, mult, N: int) -> tuple | None:
 
 def position_scales(t, gi: int, a: int, b: int) -> list[np.ndarray]:
     """The scale vector (over the rows of group gi, [a, b)) of every one of its positions."""
-    scale_, _starts, mult, _total, pscale = t.pool
+    scale_, _starts, mult, _total, pscale = t.pool[:5]
     per = pscale[gi] if pscale is not None else None
     if per is None:
         return [scale_[a:b]] * int(mult[gi])
@@ -85,7 +85,7 @@ def coefficients(S: AffineSet, n: int, rng) -> dict[int, np.ndarray]:
             out[t.id] = a @ t.V
         elif t.kind == "pooled":
             # positions pick one row of their group with weight <= its scale; total weight <= total
-            _scale, starts, mult, total, _pscale = t.pool
+            _scale, starts, mult, total, _pscale = t.pool[:5]
             bounds = list(starts[1:]) + [t.V.shape[0]]
             coef = np.zeros((n, t.V.shape[1]))
             for i in range(n):
@@ -693,10 +693,12 @@ def test_position_buckets_take_the_largest_scale_of_each_run_of_positions():
     assert rules.position_buckets(per[:1]) is None
 
 
-def test_per_position_caps_are_sound_tighter_and_checked(monkeypatch):
-    # RoPE gives each free position its own attention caps. Proving with them against proving with the
-    # largest cap over the positions (the bound before): every margin at least as large, some larger,
-    # every claim confirmed by enumeration and every certificate accepted by the checker.
+def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkeypatch):
+    # RoPE gives each free position its own attention caps, and the softmax weights are ratios of
+    # exponentiated scores (affine.ratio_max). Three provers: the largest cap over the positions and no
+    # ratios (the bound before), per-position caps, and both. Every margin at least as large as the one
+    # before it, a proven claim larger at each step, every claim confirmed by enumeration and every
+    # certificate accepted by the checker.
     from assay.prove import check, prove
     from assay.prove.bruteforce import enumerate_claim
     from assay.prove.toy import toy_model
@@ -705,13 +707,19 @@ def test_per_position_caps_are_sound_tighter_and_checked(monkeypatch):
     model = toy_model(0, positional="rotary", qk=2.0, embed=5.0, unembed=2.0)
     claims = [([int(x) for x in rng.integers(0, 6, int(rng.integers(8, 16)))], int(rng.integers(2, 4)),
                [int(rng.integers(0, 6))]) for _ in range(8)]
-    new = [prove(model, p, n, suffix=q) for p, n, q in claims]
-    with monkeypatch.context() as mp:
-        mp.setattr(rules, "position_buckets", lambda per: None)
-        old = [prove(model, p, n, suffix=q) for p, n, q in claims]
-    gains = [a.best_margin - b.best_margin for a, b in zip(new, old, strict=True)]
-    assert min(gains) >= -1e-9, gains
-    assert max(g for g, r in zip(gains, new, strict=True) if r.proven) > 1e-2, gains  # a proven claim gains
+    runs = []
+    for caps, ratios in ((False, False), (True, False), (True, True)):
+        with monkeypatch.context() as mp:
+            if not caps:
+                mp.setattr(rules, "position_buckets", lambda per: None)
+            if not ratios:
+                mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)  # no ratio ranges
+            runs.append([prove(model, p, n, suffix=q) for p, n, q in claims])
+    for before, after in zip(runs, runs[1:]):
+        gains = [a.best_margin - b.best_margin for a, b in zip(after, before, strict=True)]
+        assert min(gains) >= -1e-9, gains
+        assert max(g for g, r in zip(gains, after, strict=True) if r.proven) > 1e-2, gains  # a proven claim gains
+    new = runs[-1]
     assert sum(r.proven for r in new) >= 4
     for (p, n, q), r in zip(claims, new, strict=True):
         if r.proven:

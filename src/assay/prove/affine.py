@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from assay.prove.fp import (
+    TINY,
     U,
     col_norms,
     frob,
@@ -69,7 +70,7 @@ class Term:
     vnorm: float = 0.0  # >= sup |coefficient|_2
     vlo: np.ndarray | None = None  # per-coordinate lower bound of the coefficient
     vhi: np.ndarray | None = None  # per-coordinate upper bound of the coefficient
-    pool: tuple | None = None  # pooled: (scale, group starts, group multiplicities, total, per-position scales)
+    pool: tuple | None = None  # pooled: (scale, starts, multiplicities, total, per-position scales, ratios)
     diag: bool = False  # M is square and diagonal (kept by elementwise scaling only)
     signed: bool = False  # block / pooled: the coefficients are s * c for c in the set and |s| <= 1
     _l2: float | None = None  # cached l2_sup (M never changes in place)
@@ -196,6 +197,85 @@ POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 
 def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
+               pscale: tuple | None = None, ratios: tuple | None = None) -> np.ndarray:
+    """The least of :func:`capped_max` (the weight caps and the total) and, with ``ratios``,
+    :func:`ratio_max` (the softmax weights themselves): both bound the support of a pooled term."""
+    out = capped_max(X, scale, starts, mult, total, pscale)
+    if ratios is not None and X.shape[0]:
+        out = np.minimum(out, ratio_max(X, starts, ratios, out))
+    return out
+
+
+def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, start: np.ndarray | None = None) -> np.ndarray:
+    """Rigorous upper bound, per column, of sum_i c_i X_(b_i) over the attention weights themselves.
+
+    Position i holds a row b_i of its group with softmax weight c_i = r_i / (1 + sum_j r_j), where
+    r_i = e_i / W_A is its exponentiated score over the anchors' softmax mass; ``ratios`` gives, per
+    group, (Rlo, Rhi, counts): counts[q] positions whose r for row b lies in [Rlo[q, b], Rhi[q, b]].
+    For any theta, if F(theta) = sum_q counts_q max_b max(Rlo (X_b - theta), Rhi (X_b - theta)) <= theta
+    then sum_i r_i X_i <= theta (1 + sum_i r_i) for every choice, i.e. the support is <= theta (exact
+    when the ranges are points: Dinkelbach's condition for a ratio of sums). Every position holds a
+    token, so no max(0, .) here. theta comes from Newton steps on the float F (it converges in a few
+    steps, F being convex and piecewise linear), and is verified with the rounding of F bounded;
+    a column that fails the check gets +inf. ``start``: an upper bound to start from (optional).
+    """
+    N, K = X.shape
+    ends = np.append(starts[1:], N)
+    parts = [(starts[g], ends[g], R) for g, R in enumerate(ratios) if R is not None]
+    cols = np.arange(K)
+    with np.errstate(all="ignore"):
+        th = np.where(np.isfinite(start), start, X.max(axis=0)) if start is not None else X.max(axis=0)
+        th = np.where(np.isfinite(th), th, 0.0)
+
+        def F(th, slope=False):
+            """float F(theta), sum_q counts_q |max_b ...| and (``slope``) -dF/dtheta - 1's part."""
+            val, mag, der = np.zeros(K), np.zeros(K), np.zeros(K)
+            for g0, g1, (Rlo, Rhi, counts) in parts:
+                D = X[g0:g1] - th  # its sign is exact (a float difference is 0 only for equal floats)
+                pos = D >= 0
+                for q in range(Rlo.shape[0]):
+                    R = np.where(pos, Rhi[q][:, None], Rlo[q][:, None])
+                    V = R * D
+                    j = V.argmax(axis=0)
+                    top = V[j, cols]
+                    val += counts[q] * top
+                    mag += counts[q] * np.abs(top)
+                    if slope:
+                        der += counts[q] * R[j, cols]
+            return val, mag, der
+
+        for _ in range(RATIO_STEPS):
+            val, _, der = F(th, slope=True)
+            new = th + (val - th) / (1.0 + der)
+            new = np.where(np.isfinite(new), new, th)
+            done = np.abs(new - th) <= 4 * U * (np.abs(th) + np.abs(new))
+            th = new
+            if done.all():
+                break
+        # Verify at theta a little above the float root. Per bucket, the float max over rows is within
+        # 3U Rmax (|X| + |theta|) + TINY of the exact one (a product of a rounded difference, or an
+        # underflow); the sum of nb terms times counts within gamma(2 nb + 2) of its absolute sum. So
+        # F(theta) <= fl(F) + err. (val is signed: err is added, never a relative inflation of val.)
+        npos = sum(float(c.sum()) for _g0, _g1, (_lo, _hi, c) in parts)
+        nb = sum(c.shape[0] for _g0, _g1, (_lo, _hi, c) in parts)
+        rmax = max(float(Rhi.max()) for _g0, _g1, (_lo, Rhi, _c) in parts)
+        xabs = np.abs(X).max(axis=0)
+
+        def err(th, absval):
+            return up(gamma(2 * nb + 2) * absval + npos * (3 * U * rmax * (xabs + np.abs(th)) + TINY), 4)
+
+        _, absval, _ = F(th)
+        th = next_up(th + 2 * err(th, absval) + 16 * U * np.abs(th))
+        val, absval, _ = F(th)
+        bound = next_up(val + err(th, absval))
+        ok = np.isfinite(bound) & np.isfinite(th) & (bound <= th)
+    return np.where(ok, th, np.inf)
+
+
+RATIO_STEPS = 30  # Newton steps of ratio_max (it usually settles in 3 to 6)
+
+
+def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
                pscale: tuple | None = None) -> np.ndarray:
     """Rigorous upper bound, per column k, of the support of a *pooled* term in direction X[:, k].
 
@@ -247,8 +327,9 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
 
 
 def make_pooled(D: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
-                M: np.ndarray, pscale: tuple | None = None) -> Term:
-    """A pooled term (see :func:`pooled_max`; ``pscale``: per-position scales of some groups) mapped by M."""
+                M: np.ndarray, pscale: tuple | None = None, ratios: tuple | None = None) -> Term:
+    """A pooled term (see :func:`pooled_max`; ``pscale``: per-position scales of some groups; ``ratios``:
+    the ranges of the positions' score ratios, see :func:`ratio_max`) mapped by M."""
     D = np.ascontiguousarray(D, dtype=np.float64)
     scale = np.minimum(np.asarray(scale, dtype=np.float64), total)
     starts = np.asarray(starts, dtype=np.int64)
@@ -256,7 +337,7 @@ def make_pooled(D: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.n
     if pscale is not None:
         pscale = tuple(None if S is None else (np.minimum(np.asarray(S[0], dtype=np.float64), total),
                                                np.asarray(S[1], dtype=np.float64)) for S in pscale)
-    pool = (scale, starts, mult, float(total), pscale)
+    pool = (scale, starts, mult, float(total), pscale, ratios)
     vnorm = float(pooled_max(row_norms(D)[:, None], *pool)[0])
     hi = pooled_max(D, *pool)
     lo = -pooled_max(-D, *pool)

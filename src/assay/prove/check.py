@@ -339,13 +339,15 @@ def _group_prep(slo, shi, lo, hi) -> dict:
     return pre
 
 
-def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict,
+                floor: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per group of rows [g0, g1): the rows that can attain max(0, max_b s_b (X_b - t)) for s_b in
     [slo_b, shi_b] and X_b in [lo_b, hi_b] (columns; t >= 0 per column), as (rows, column starts): the
     kept rows of column j are rows[starts[j]:starts[j + 1]]. A row is dropped when its float upper
     bound is below 0 or below another row's float lower bound by more than ``tol``, which bounds the
     rounding of every float value here (s (X - t), or s X - s t when s is one number per row: relative
-    error below 3u of s (|X| + t); the absolute part covers underflow). ``pre``: :func:`_group_prep`."""
+    error below 3u of s (|X| + t); the absolute part covers underflow). ``pre``: :func:`_group_prep`.
+    ``floor=False``: the maximum is max_b s_b (X_b - t) without the 0 (rows below 0 may attain it)."""
     out = []
     ncol = lo.shape[1]
     with np.errstate(all="ignore"):
@@ -368,7 +370,7 @@ def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict) -> list[tuple[np
             a = np.where(np.isfinite(a), a, -np.inf)
             b = np.where(np.isfinite(b), b, np.inf)
             tol = (np.maximum(np.abs(sl).max(), np.abs(sh).max()) * mag) * (8 * _U) + _TINY  # inf is safe
-            thr = np.maximum(a.max(axis=0), 0.0) - 2 * tol
+            thr = (np.maximum(a.max(axis=0), 0.0) if floor else a.max(axis=0)) - 2 * tol
             ok = ~(b < thr[None, :])  # nan (an unknown bound) keeps the row
             cc, rr = np.nonzero(ok.T)  # sorted by column
             out.append((g0 + rr, np.searchsorted(cc, np.arange(ncol + 1))))
@@ -444,6 +446,79 @@ def pooled_max(X, pool) -> list[arb]:
                 val = _up(val)
                 best = val if best is None else _emin([best, val])
             out.append(best)
+    ratios = pool[5] if len(pool) > 5 else None
+    if ratios is not None:
+        out = [a if b is None else _emin([a, b]) for a, b in zip(out, _ratio_max(cols, pool[1], ratios), strict=True)]
+    return out
+
+
+def _ratio_pieces(ratios, starts, N: int) -> list:
+    """(g0, g1, Rlo, Rhi, count, float Rlo, float Rhi) per run of positions with ratio ranges."""
+    bounds = list(starts[1:]) + [N]
+    out = []
+    for g, R in enumerate(ratios):
+        if R is None:
+            continue
+        for rlo, rhi, n in zip(*R, strict=True):
+            out.append((starts[g], bounds[g], rlo, rhi, n,
+                        np.array([_float_lo(x) for x in rlo]), np.array([_float_up(x) for x in rhi])))
+    return out
+
+
+def _ratio_max(cols: _Cols, starts, ratios) -> list[arb | None]:
+    """Upper bound per column of sum_i c_i X_(b_i) over the softmax weights c_i = r_i / (1 + sum r_j)
+    themselves (position i's r in [Rlo, Rhi] of its run, see the prover's affine.ratio_max): theta
+    bounds it if sum_runs count max_b max(Rlo_b (X_b - theta), Rhi_b (X_b - theta)) <= theta, since
+    then sum r_i X_i <= theta (1 + sum r_i) for every choice of rows. theta is found by Newton steps
+    on floats and checked in arb over the rows a float pass cannot rule out (None if the check fails)."""
+    N, K = cols.shape
+    pieces = _ratio_pieces(ratios, starts, N)
+    out: list[arb | None] = [None] * K
+    if not pieces:
+        return out
+    ar = np.arange(K)
+    with np.errstate(all="ignore"):
+        X = cols.hi  # float upper bounds of the entries: the function below increases with every X_b
+        th = np.where(np.isfinite(X.max(axis=0)), X.max(axis=0), 0.0)
+        for _ in range(30):
+            val, der = np.zeros(K), np.zeros(K)
+            for g0, g1, _rl, _rh, n, flo, fhi in pieces:
+                D = X[g0:g1] - th
+                R = np.where(D >= 0, fhi[:, None], flo[:, None])
+                V = R * D
+                j = V.argmax(axis=0)
+                val += float(n) * V[j, ar]
+                der += float(n) * R[j, ar]
+            new = th + (val - th) / (1.0 + der)
+            new = np.where(np.isfinite(new), new, th)
+            settled = np.all(np.abs(new - th) <= 1e-15 * (np.abs(th) + np.abs(new)))
+            th = new
+            if settled:
+                break
+        th = th + 1e-12 * (np.abs(th) + np.abs(X).max(axis=0)) + 1e-300
+    keep = []
+    for g0, g1, _rl, _rh, _n, flo, fhi in pieces:
+        pre = _group_prep(flo, fhi, cols.lo[g0:g1], cols.hi[g0:g1])
+        with np.errstate(all="ignore"):
+            keep.append(_group_rows(flo, fhi, cols.lo[g0:g1], cols.hi[g0:g1], th, [0], [g1 - g0], pre,
+                                    floor=False)[0])
+    for j in range(K):
+        if not np.isfinite(th[j]):
+            continue
+        t = _f(float(th[j]))
+        rows = sorted({g0 + int(r) for (g0, *_rest), (rr, cs) in zip(pieces, keep, strict=True)
+                       for r in rr[cs[j]:cs[j + 1]]})
+        ex = dict(zip(rows, (_up(x) for x in cols.exact(rows, j)), strict=True))
+        val = ZERO
+        for (g0, _g1, rl, rh, n, _fl, _fh), (rr, cs) in zip(pieces, keep, strict=True):
+            kept = [int(r) for r in rr[cs[j]:cs[j + 1]]]
+            if not kept:
+                val = None
+                break
+            val = val + n * _emax([_emax([_up(rl[r] * (ex[g0 + r] - t)), _up(rh[r] * (ex[g0 + r] - t))])
+                                   for r in kept])
+        if val is not None and _up(val) <= t:
+            out[j] = t
     return out
 
 
@@ -615,25 +690,41 @@ def make_block(V: arb_mat, M: arb_mat) -> CTerm:
 POSITION_BUCKETS = 8
 
 
-def _buckets(per: list[list[arb]]) -> tuple[list[list[arb]], list[int]]:
-    """Per-position scales (m lists over the rows) as at most POSITION_BUCKETS runs of positions
-    [i m // nb, (i + 1) m // nb), each with the elementwise largest scale, and the runs' lengths."""
-    m = len(per)
+def _runs(m: int) -> list[tuple[int, int]]:
+    """The runs of positions [i m // nb, (i + 1) m // nb), nb = min(m, POSITION_BUCKETS)."""
     nb = min(m, POSITION_BUCKETS)
     cuts = [i * m // nb for i in range(nb + 1)]
-    return ([[_emax(col) for col in zip(*per[a:b], strict=True)] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
-            [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _buckets(per: list[list[arb]]) -> tuple[list[list[arb]], list[int]]:
+    """Per-position scales (m lists over the rows) per run of :func:`_runs`: the elementwise largest
+    scale of each run, and the runs' lengths."""
+    runs = _runs(len(per))
+    return [[_emax(col) for col in zip(*per[a:b], strict=True)] for a, b in runs], [b - a for a, b in runs]
+
+
+def _ratio_buckets(rlo: list[list[arb]], rhi: list[list[arb]]) -> tuple[list, list, list[int]]:
+    """Per-position ranges of the score ratios over the runs of :func:`_buckets`: per run the least
+    lower and the largest upper ends, and the runs' lengths."""
+    runs = _runs(len(rhi))
+    return ([[_emin(col) for col in zip(*rlo[a:b], strict=True)] for a, b in runs],
+            [[_emax(col) for col in zip(*rhi[a:b], strict=True)] for a, b in runs],
+            [b - a for a, b in runs])
 
 
 def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat,
-                pscale: list | None = None) -> CTerm:
+                pscale: list | None = None, ratios: list | None = None) -> CTerm:
     """A pooled term (see :func:`pooled_max`): rows D mapped by M; ``pscale`` per group None or
-    (per-bucket scale lists, bucket counts)."""
+    (per-bucket scale lists, bucket counts); ``ratios`` per group None or (per-bucket lower and upper
+    ratio lists, bucket counts), see :func:`_ratio_max`."""
     scale = [_emin([_up(x), total]) for x in scale]
     if pscale is not None:
         pscale = [None if per is None else ([[_emin([_up(x), total]) for x in sq] for sq in per[0]],
                                             [arb(n) for n in per[1]]) for per in pscale]
-    pool = (scale, list(starts), [arb(x) for x in mult], total, pscale)
+    if ratios is not None:
+        ratios = [None if R is None else (R[0], R[1], [arb(n) for n in R[2]]) for R in ratios]
+    pool = (scale, list(starts), [arb(x) for x in mult], total, pscale, ratios)
     rows = D.tolist()
     k = D.ncols()
     vnorm = pooled_max([[_norm_up(r)] for r in rows], pool)[0]
@@ -1449,10 +1540,11 @@ class Checker:
                 z = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(lo, hi, strict=True)]
                 obox = [_emax([_up(b - ze), _up(ze - a)]) for a, b, ze in zip(lo, hi, z, strict=True)]
             wa_lo = _lo(sum(((_lo(x) - m).exp() for x in s), ZERO))
-            groups = []  # (value rows, per-position lists of upper scores)
+            wa_hi = _up(sum(((_up(x) - m).exp() for x in s), ZERO))
+            groups = []  # (value rows, per-position lists of scores)
             for r in rest:
                 if r.share is None:
-                    sr = [_up(x * self.scale) for x in _vec(arb_mat(r.K[h]) * qr)]
+                    sr = [x * self.scale for x in _vec(arb_mat(r.K[h]) * qr)]
                     groups.append((r.V[h], [sr]))
             for key in dict.fromkeys(r.share for r in rest if r.share is not None):
                 shared = [r for r in rest if r.share == key]
@@ -1462,19 +1554,23 @@ class Checker:
                 for r in shared:
                     if r.rot_pos is not None:
                         qq = rotate(q[h], *rope([-r.rot_pos], self.cfg.rotary_dim, self.cfg.rotary_base)[0])
-                        sr = [_up(x * self.scale) for x in _vec(Kb * _row(qq).transpose())]
+                        sr = [x * self.scale for x in _vec(Kb * _row(qq).transpose())]
                     elif his:
                         sr = his[0]
                     else:
-                        sr = [_up(x * self.scale) for x in _vec(Kb * qr)]
+                        sr = [x * self.scale for x in _vec(Kb * qr)]
                     his.append(sr)
                 groups.append((r0.V[h], his))
             if groups:
-                exps = [[[_up((x - m).exp()) for x in sr] for sr in his] for _rows, his in groups]
+                exps = [[[_up((_up(x) - m).exp()) for x in sr] for sr in his] for _rows, his in groups]
                 wr = _up(sum((_emax(e) for ex in exps for e in ex), ZERO))
                 lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
-                rows_all, scale, starts, mult, pscale = [], [], [], [], []
+                rows_all, scale, starts, mult, pscale, ratios = [], [], [], [], [], []
+                use_r = wa_lo > 0 and wa_hi.is_finite()
                 for (rows, his), ex in zip(groups, exps, strict=True):
+                    if use_r:  # r = w / W_A per position: [exp(lower - m) / W_A^max, exp(upper - m) / W_A^min]
+                        ratios.append(_ratio_buckets([[_lo((_lo(x) - m).exp() / wa_hi) for x in sr] for sr in his],
+                                                     [[_up(e_b / wa_lo) for e_b in e] for e in ex]))
                     starts.append(len(rows_all))
                     mult.append(len(ex))
                     per = [[_emin([_up(e[b] / (wa_lo + e[b])) if wa_lo > 0 else ONE, lam]) for b in range(len(rows))]
@@ -1490,7 +1586,8 @@ class Checker:
                 D = arb_mat([[x - ze for x, ze in zip(v, z, strict=True)] for v in mids])
                 obox = [_up(b + lam * r) for b, r in zip(obox, vrad, strict=True)]
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])
-                S.terms.append(make_pooled(D, scale, starts, mult, lam, lw["W_O"][h], pscale))
+                S.terms.append(make_pooled(D, scale, starts, mult, lam, lw["W_O"][h], pscale,
+                                           ratios if use_r else None))
             else:
                 lam = ZERO
                 S = CSet.point(z, obox).affine(lw["W_O"][h], lw["|W_O|"][h])

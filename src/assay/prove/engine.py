@@ -330,11 +330,13 @@ class Engine:
             VAb = np.concatenate([Ve[h, :n_anchor]] + [o.Vbox[h] for o in exact])
             s, srad = rules.score_bounds(q[h], qbox[h], KA, KAb, self.scale)
             o, obox, m, wa_lo = rules.anchor_average(s, srad, VA, VAb)
-            groups = []
+            wa_hi = rules.anchor_mass_hi(s, srad, m)
+            groups = []  # (values, their boxes, per position the upper and the lower score bounds)
             for r in rest:
                 if r.share is None:
                     rs, rrad = rules.score_bounds(q[h], qbox[h], r.K[h], r.Kbox[h], self.scale)
-                    groups.append((r.V[h], r.Vbox[h], [np.nextafter(rs + rrad, np.inf)]))
+                    groups.append((r.V[h], r.Vbox[h], [np.nextafter(rs + rrad, np.inf)],
+                                   [np.nextafter(rs - rrad, -np.inf)]))
             for key in dict.fromkeys(r.share for r in rest if r.share is not None):
                 # Positions sharing (unrotated) keys and values: the value rows are vertices once; with
                 # RoPE the query is rotated back by each position, (R_p q).(R_i k) = (R_{-i} R_p q).k.
@@ -346,12 +348,13 @@ class Engine:
                     Qr, Qrb = rules.rotate(np.broadcast_to(q[h], (len(rp), self.k)),
                                            np.broadcast_to(qbox[h], (len(rp), self.k)), cos, sin, cerr)
                     S, Srad = rules.score_rows(Qr, Qrb, r0.K[h], r0.Kbox[h], self.scale)
-                    his = list(np.nextafter(S + Srad, np.inf))
+                    his, los = list(np.nextafter(S + Srad, np.inf)), list(np.nextafter(S - Srad, -np.inf))
                 else:
                     rs, rrad = rules.score_bounds(q[h], qbox[h], r0.K[h], r0.Kbox[h], self.scale)
                     his = [np.nextafter(rs + rrad, np.inf)] * len(shared)
-                groups.append((r0.V[h], r0.Vbox[h], his))
-            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h])
+                    los = [np.nextafter(rs - rrad, -np.inf)] * len(shared)
+                groups.append((r0.V[h], r0.Vbox[h], his, los))
+            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi)
             lams.append(lam)
             total = S if total is None else total.add(S)
         return total.shift(lw.b_O), lams

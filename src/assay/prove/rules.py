@@ -585,30 +585,45 @@ def interval_average(a: np.ndarray, b: np.ndarray, V: np.ndarray, Vbox: np.ndarr
     return -out[1], out[0]
 
 
+def anchor_mass_hi(s: np.ndarray, srad: np.ndarray, m: float) -> float:
+    """An upper bound of sum_j exp(s_true_j - m) over the anchors (|s_true - s| <= srad): the other
+    end of :func:`anchor_average`'s w_lo."""
+    x = s - m
+    _, hi = exp_bounds(x, up(srad + U * np.abs(x), 2))
+    return float(up(hi.sum(), len(s) + 2))
+
+
 def head_output_set(
     o: np.ndarray,
     obox: np.ndarray,
     m: float,
     wa_lo: float,
-    groups: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]],
+    groups: list[tuple],
     W_O: np.ndarray,
+    wa_hi: float | None = None,
 ) -> tuple[AffineSet, float]:
     """The set of possible outputs of one head (mapped by W_O), and Lambda (the bound on the total
     weight of the non-anchor positions).
 
-    ``groups``: (values V [nv, k], their error boxes, and for every position holding one of these rows
-    the upper bounds of its scores, one per row). With W_A the anchors' softmax mass and w_i the free
-    positions' (shift m), the output is o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w)
-    <= e^{u_i} / (W_A^min + e^{u_i}) =: lambda_i(row) and sum_i c_i <= Lambda = W_R^max / (W_A^min +
-    W_R^max): a pooled term (affine.pooled_max) whose rows' scales are lambda_i(row) per position, or
-    the largest over a run of positions (:func:`position_buckets`; each position holds one row).
+    ``groups``: (values V [nv, k], their error boxes, for every position holding one of these rows
+    the upper bounds of its scores, one per row, and optionally their lower bounds). With the lower
+    bounds and ``wa_hi`` (an upper bound of W_A, :func:`anchor_mass_hi`) the term also gets the ranges
+    of r_i = w_i / W_A (per run of positions, as the scales), with which affine.ratio_max bounds its
+    support by the softmax weights themselves rather than their caps.
+
+    With W_A the anchors' softmax mass and w_i the free positions' (shift m), the output is
+    o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w) <= e^{u_i} / (W_A^min + e^{u_i}) =:
+    lambda_i(row) and sum_i c_i <= Lambda = W_R^max / (W_A^min + W_R^max): a pooled term
+    (affine.pooled_max) whose rows' scales are lambda_i(row) per position, or the largest over a run
+    of positions (:func:`position_buckets`; each position holds one row).
     """
     if not groups:
         return AffineSet.point(o, obox).affine(W_O), 0.0
     exps = []
     wr = 0.0
     npos = 0
-    for _V, _Vb, his in groups:
+    for grp in groups:
+        his = grp[2]
         ex = []
         for hi in his:
             x = hi - m
@@ -622,9 +637,19 @@ def head_output_set(
         lam = 1.0
     else:
         lam = min(1.0, float(up(wr / (wa_lo + wr), 4)))
-    D, scale, starts, mult, vb, pscale = [], [], [], [], [], []
+    D, scale, starts, mult, vb, pscale, ratios = [], [], [], [], [], [], []
+    use_r = (wa_hi is not None and math.isfinite(wa_hi) and wa_lo > 0.0 and all(len(g) > 3 for g in groups))
     row = 0
-    for (V, Vb, _his), ex in zip(groups, exps, strict=True):
+    for grp, ex in zip(groups, exps, strict=True):
+        V, Vb = grp[0], grp[1]
+        if use_r:
+            rhi = [up(e / wa_lo, 2) for e in ex]
+            rlo = []
+            for lo_s in grp[3]:
+                x = lo_s - m
+                e_lo, _ = exp_bounds(x, up(U * np.abs(x), 2))
+                rlo.append(np.maximum(down(e_lo / wa_hi, 2), 0.0))
+            ratios.append(ratio_buckets(rlo, rhi))
         per = []
         for e in ex:
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -640,12 +665,29 @@ def head_output_set(
     D = np.concatenate(D)
     verr = up(lam * (3 * U * np.abs(D).max(axis=0) + np.max(vb, axis=0)), 4)
     S = AffineSet.point(o, up(obox + verr, 2)).affine(W_O)
+    ok_r = use_r and all(np.isfinite(R[1]).all() for R in ratios)
     S.terms.append(make_pooled(D, np.concatenate(scale), np.array(starts), np.array(mult), lam, W_O,
-                               tuple(pscale)))
+                               tuple(pscale), tuple(ratios) if ok_r else None))
     return S, lam
 
 
 POSITION_BUCKETS = 8  # at most this many scale vectors per group of positions sharing value rows
+
+
+def _runs(m: int) -> list[tuple[int, int]]:
+    """The runs [i m // nb, (i + 1) m // nb) of m positions, nb = min(m, POSITION_BUCKETS)."""
+    nb = min(m, POSITION_BUCKETS)
+    cuts = [i * m // nb for i in range(nb + 1)]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-position ranges [rlo, rhi] of the score ratios as (Rlo, Rhi, counts) over the runs of
+    :func:`_runs`: the least lower and the largest upper end of each run (affine.ratio_max)."""
+    runs = _runs(len(rhi))
+    return (np.stack([np.min(rlo[a:b], axis=0) for a, b in runs]),
+            np.stack([np.max(rhi[a:b], axis=0) for a, b in runs]),
+            np.array([b - a for a, b in runs], dtype=np.float64))
 
 
 def position_buckets(per: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -656,11 +698,9 @@ def position_buckets(per: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | N
     (the group's one scale vector says it all)."""
     if len(per) <= 1 or all(np.array_equal(per[0], x) for x in per[1:]):
         return None
-    m = len(per)
-    nb = min(m, POSITION_BUCKETS)
-    cuts = [i * m // nb for i in range(nb + 1)]
-    S = np.stack([np.max(per[a:b], axis=0) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
-    return S, np.diff(cuts).astype(np.float64)
+    runs = _runs(len(per))
+    return (np.stack([np.max(per[a:b], axis=0) for a, b in runs]),
+            np.array([b - a for a, b in runs], dtype=np.float64))
 
 
 __all__ = [

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.prove import rules
-from assay.prove.affine import POOL_T, AffineSet, Term, pooled_max, sqrt_up, support_from
+from assay.prove.affine import POOL_T, AffineSet, Term, pooled_max, ratio_max, sqrt_up, support_from
 from assay.prove.fp import U, col_norms, down, gamma, next_up, row_norms, sum_bounds, up
 
 ITERS = 60  # ascent steps of the slope search
@@ -211,7 +211,7 @@ def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
     """Float value and maximiser (a coefficient vector) of sum_ib w_ib vals_b over a pooled term's
     weights: the Lagrangian form of affine.pooled_max at its best grid point (the total is not enforced
     in the maximiser; this only guides the search)."""
-    scale, starts, mult, total, pscale = t.pool
+    scale, starts, mult, total, pscale, ratios = t.pool
     top = max(float(vals.max(initial=0.0)), 0.0)
     ends = np.append(starts[1:], len(vals))
     best, arg = np.inf, np.zeros(t.V.shape[1])
@@ -231,6 +231,22 @@ def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
                     coef = coef + n * sq[j] * t.V[s0 + j]
         if val < best:
             best, arg = val, coef
+    if ratios is not None and len(vals):
+        # the softmax weights at ratio_max's theta: each run's best row with its ratio, normalised
+        th = float(ratio_max(vals[:, None], starts, ratios)[0])
+        if th < best:
+            num, den = np.zeros(t.V.shape[1]), 1.0
+            for g, R in enumerate(ratios):
+                if R is None:
+                    continue
+                s0, e0 = starts[g], ends[g]
+                D = vals[s0:e0] - th
+                for rlo, rhi, n in zip(*R, strict=True):
+                    r = np.where(D >= 0, rhi, rlo)
+                    j = int(np.argmax(r * D))
+                    num = num + n * r[j] * t.V[s0 + j]
+                    den += n * r[j]
+            best, arg = th, num / den
     return best, arg
 
 
