@@ -726,3 +726,55 @@ def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkey
             e = enumerate_claim(model, p, n, q)
             assert e.min_margin[r.token] >= r.margin - 1e-9
             assert check(r.certificate, model)
+
+
+def _ratio_brute(X: np.ndarray, groups: list[tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]], rng) -> float:
+    """Largest sum_i r_i X_(b_i) / (1 + sum_i r_i) over every choice of rows (one per position) and
+    ratios at the ends and inside their ranges: (g0, g1, per position (rlo, rhi)) per group."""
+    import itertools
+
+    positions = [(g0, rr) for g0, g1, per in groups for rr in per]
+    best = -np.inf
+    choices = [range(len(rr[0])) for _g0, rr in positions]
+    for pick in itertools.product(*choices):
+        for trial in range(4):
+            num, den = 0.0, 1.0
+            for (g0, (rlo, rhi)), b in zip(positions, pick, strict=True):
+                lam = (0.0, 1.0, rng.uniform(), rng.uniform())[trial]
+                r = rlo[b] + lam * (rhi[b] - rlo[b])
+                num += r * X[g0 + b]
+                den += r
+            best = max(best, num / den)
+    return best
+
+
+@pytest.mark.parametrize("point", [True, False])
+def test_ratio_max_bounds_every_choice_of_rows_and_is_exact_for_point_ratios(point):
+    """affine.ratio_max and the checker's _ratio_max against enumeration of every row choice."""
+    from assay.prove.affine import ratio_max
+
+    C = importlib.import_module("assay.prove.check")
+    rng = np.random.default_rng(31 if point else 32)
+    for _ in range(25):
+        sizes = [int(rng.integers(1, 5)) for _ in range(int(rng.integers(1, 3)))]
+        starts = np.cumsum([0] + sizes[:-1])
+        X = rng.standard_normal(sum(sizes)) * 3 + rng.uniform(-3, 3)  # sometimes every row below 0
+        ratios, groups = [], []
+        for g0, n in zip(starts, sizes, strict=True):
+            npos = int(rng.integers(1, 4))
+            rhi = rng.uniform(0, 2, (npos, n)) * 10.0 ** rng.uniform(-2, 0)
+            rlo = rhi if point else rhi * rng.uniform(0.5, 1, (npos, n))
+            ratios.append((rlo, rhi, np.ones(npos)))
+            groups.append((int(g0), int(g0) + n, [(rlo[p], rhi[p]) for p in range(npos)]))
+        want = _ratio_brute(X, groups, rng)
+        got = float(ratio_max(X[:, None], starts, tuple(ratios))[0])
+        assert got >= want
+        if point:
+            assert got <= want + 1e-9 * (1 + abs(want))
+        cols = C._Cols.of_list([[arb(float(x))] for x in X])
+        cr = [([[arb(float(v)) for v in row] for row in rlo], [[arb(float(v)) for v in row] for row in rhi],
+               [arb(1)] * len(rlo)) for rlo, rhi, _c in ratios]
+        cgot = C._ratio_max(cols, [int(g) for g in starts], cr)[0]
+        assert cgot is not None and cgot >= arb(want).upper()
+        if point:
+            assert float(cgot) <= want + 1e-9 * (1 + abs(want))
