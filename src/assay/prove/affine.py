@@ -198,15 +198,19 @@ POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 
 def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
                pscale: tuple | None = None, ratios: tuple | None = None) -> np.ndarray:
-    """The least of :func:`capped_max` (the weight caps and the total) and, with ``ratios``,
-    :func:`ratio_max` (the softmax weights themselves): both bound the support of a pooled term."""
-    out = capped_max(X, scale, starts, mult, total, pscale)
-    if ratios is not None and X.shape[0]:
-        out = np.minimum(out, ratio_max(X, starts, ratios, out))
+    """An upper bound of the support of a pooled term per column: with ``ratios``, :func:`ratio_max`
+    (the softmax weights themselves, as tight as the score ranges allow), else and wherever that fails
+    :func:`capped_max` (the weight caps and the total)."""
+    if ratios is None or not X.shape[0]:
+        return capped_max(X, scale, starts, mult, total, pscale)
+    out = ratio_max(X, starts, ratios)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = capped_max(X[:, bad], scale, starts, mult, total, pscale)
     return out
 
 
-def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, start: np.ndarray | None = None) -> np.ndarray:
+def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple) -> np.ndarray:
     """Rigorous upper bound, per column, of sum_i c_i X_(b_i) over the attention weights themselves.
 
     Position i holds a row b_i of its group with softmax weight c_i = r_i / (1 + sum_j r_j), where
@@ -217,14 +221,17 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, start: np.ndarra
     when the ranges are points: Dinkelbach's condition for a ratio of sums). Every position holds a
     token, so no max(0, .) here. theta comes from Newton steps on the float F (it converges in a few
     steps, F being convex and piecewise linear), and is verified with the rounding of F bounded;
-    a column that fails the check gets +inf. ``start``: an upper bound to start from (optional).
+    a column that fails the check gets +inf, and so does every column when a group has no ranges
+    (its positions would be left out).
     """
     N, K = X.shape
     ends = np.append(starts[1:], N)
-    parts = [(starts[g], ends[g], R) for g, R in enumerate(ratios) if R is not None]
+    if len(ratios) != len(starts) or any(R is None for R in ratios):
+        return np.full(K, np.inf)
+    parts = [(starts[g], ends[g], R) for g, R in enumerate(ratios) if ends[g] > starts[g]]
     cols = np.arange(K)
     with np.errstate(all="ignore"):
-        th = np.where(np.isfinite(start), start, X.max(axis=0)) if start is not None else X.max(axis=0)
+        th = X.max(axis=0)
         th = np.where(np.isfinite(th), th, 0.0)
 
         def F(th, slope=False):
@@ -232,16 +239,15 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, start: np.ndarra
             val, mag, der = np.zeros(K), np.zeros(K), np.zeros(K)
             for g0, g1, (Rlo, Rhi, counts) in parts:
                 D = X[g0:g1] - th  # its sign is exact (a float difference is 0 only for equal floats)
-                pos = D >= 0
                 for q in range(Rlo.shape[0]):
-                    R = np.where(pos, Rhi[q][:, None], Rlo[q][:, None])
-                    V = R * D
+                    # max over r in [Rlo, Rhi] of r D: Rhi D where D >= 0, Rlo D where D < 0 (0 <= Rlo <= Rhi)
+                    V = np.maximum(Rhi[q][:, None] * D, Rlo[q][:, None] * D)
                     j = V.argmax(axis=0)
                     top = V[j, cols]
                     val += counts[q] * top
                     mag += counts[q] * np.abs(top)
                     if slope:
-                        der += counts[q] * R[j, cols]
+                        der += counts[q] * np.where(D[j, cols] >= 0, Rhi[q][j], Rlo[q][j])
             return val, mag, der
 
         for _ in range(RATIO_STEPS):

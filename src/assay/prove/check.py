@@ -457,8 +457,6 @@ def _ratio_pieces(ratios, starts, N: int) -> list:
     bounds = list(starts[1:]) + [N]
     out = []
     for g, R in enumerate(ratios):
-        if R is None:
-            continue
         for rlo, rhi, n in zip(*R, strict=True):
             out.append((starts[g], bounds[g], rlo, rhi, n,
                         np.array([_float_lo(x) for x in rlo]), np.array([_float_up(x) for x in rhi])))
@@ -472,8 +470,10 @@ def _ratio_max(cols: _Cols, starts, ratios) -> list[arb | None]:
     then sum r_i X_i <= theta (1 + sum r_i) for every choice of rows. theta is found by Newton steps
     on floats and checked in arb over the rows a float pass cannot rule out (None if the check fails)."""
     N, K = cols.shape
-    pieces = _ratio_pieces(ratios, starts, N)
     out: list[arb | None] = [None] * K
+    if len(ratios) != len(starts) or any(R is None for R in ratios):
+        return out  # a group's positions would be left out
+    pieces = _ratio_pieces(ratios, starts, N)
     if not pieces:
         return out
     ar = np.arange(K)
