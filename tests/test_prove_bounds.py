@@ -778,3 +778,32 @@ def test_ratio_max_bounds_every_choice_of_rows_and_is_exact_for_point_ratios(poi
         assert cgot is not None and cgot >= arb(want).upper()
         if point:
             assert float(cgot) <= want + 1e-9 * (1 + abs(want))
+
+
+def test_ratio_max_on_the_largest_rows_equals_it_on_every_row():
+    # Many rows in one group: ratio_max works on each column's largest entries (with checks that send a
+    # column back to every row). Against the same root over every row, and never below the value of
+    # sampled row choices; columns with every entry negative take the fallback.
+    from assay.prove import affine
+
+    rng = np.random.default_rng(33)
+    N, K, nb = 4 * affine.RATIO_KEEP + 100, 40, 3
+    X = rng.standard_normal((N, K))
+    X[:, :5] -= 10.0  # every entry below 0: the checks fail, these columns use every row
+    X[:, 5] = 0.0
+    rhi = rng.uniform(0, 0.2, (nb, N))
+    rlo = rhi * rng.uniform(0.9, 1.0, (nb, N))
+    counts = np.array([3.0, 1.0, 2.0])
+    got = affine.ratio_max(X, np.array([0]), ((rlo, rhi, counts),), total=1.0)
+    qs = [(rlo[q][:, None], rhi[q][:, None], float(counts[q])) for q in range(nb)]
+    want = affine._ratio_root([(X, qs)], K, float(counts.sum()), nb, float(rhi.max()), np.abs(X).max(axis=0))
+    assert np.all(np.isfinite(got))
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-300)
+    for _ in range(200):  # six positions (3 + 1 + 2), each on a random or the column's largest row
+        pick = rng.integers(0, N, (6, K))
+        on_top = rng.uniform(size=K) < 0.3
+        pick[:, on_top] = X.argmax(axis=0)[on_top]
+        q_of = [0, 0, 0, 1, 2, 2]
+        r = np.stack([rlo[q_of[i]][pick[i]] for i in range(6)])
+        val = (r * X[pick, np.arange(K)]).sum(axis=0) / (1 + r.sum(axis=0))
+        assert np.all(val <= got)

@@ -203,14 +203,14 @@ def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
     :func:`capped_max` (the weight caps and the total)."""
     if ratios is None or not X.shape[0]:
         return capped_max(X, scale, starts, mult, total, pscale)
-    out = ratio_max(X, starts, ratios)
+    out = ratio_max(X, starts, ratios, total)
     bad = ~np.isfinite(out)
     if bad.any():
         out[bad] = capped_max(X[:, bad], scale, starts, mult, total, pscale)
     return out
 
 
-def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple) -> np.ndarray:
+def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | None = None) -> np.ndarray:
     """Rigorous upper bound, per column, of sum_i c_i X_(b_i) over the attention weights themselves.
 
     Position i holds a row b_i of its group with softmax weight c_i = r_i / (1 + sum_j r_j), where
@@ -223,31 +223,90 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple) -> np.ndarray:
     steps, F being convex and piecewise linear), and is verified with the rounding of F bounded;
     a column that fails the check gets +inf, and so does every column when a group has no ranges
     (its positions would be left out).
+
+    One group of many rows (attention to positions sharing value rows), given ``total`` >= sum_i c_i, is
+    solved on the rows that can be a run's maximum for some theta in [theta_lo, theta_hi]: theta_lo,
+    every position on the column's largest row at its lowest ratio (a value of the set, so <= the
+    root), and theta_hi = total max_b X_b (>= the support when max X > 0). A run's term decreases in
+    theta, so a row whose term at theta_lo is below the best row's term at theta_hi is never its
+    maximum there; the root is then checked to lie in [theta_lo, theta_hi], and a column where it
+    does not is solved on every row.
     """
     N, K = X.shape
-    ends = np.append(starts[1:], N)
     if len(ratios) != len(starts) or any(R is None for R in ratios):
         return np.full(K, np.inf)
-    parts = [(starts[g], ends[g], R) for g, R in enumerate(ratios) if ends[g] > starts[g]]
+    ends = np.append(starts[1:], N)
+    full = [(X[g0:g1], [(Rlo[q][:, None], Rhi[q][:, None], float(c[q])) for q in range(len(c))])
+            for g0, g1, (Rlo, Rhi, c) in zip(starts, ends, ratios, strict=True) if g1 > g0]
+    if not full:
+        return np.full(K, np.inf)
+    npos = sum(n for _x, qs in full for _lo, _hi, n in qs)
+    nb = sum(len(qs) for _x, qs in full)
+    rmax = max(float(hi.max()) for _x, qs in full for _lo, hi, _n in qs)
+    xabs = np.abs(X).max(axis=0)
+    if len(full) == 1 and N >= 4 * RATIO_KEEP and total is not None:
+        Rlo, Rhi, c = ratios[0]
+        with np.errstate(all="ignore"):
+            jt = X.argmax(axis=0)
+            top = X[jt, np.arange(K)]
+            rl = (c[:, None] * Rlo[:, jt]).sum(axis=0)
+            th_lo = top * rl / (1.0 + rl)
+            th_lo = th_lo - 1e-9 * np.abs(th_lo)
+            th_hi = top * total
+            th_hi = th_hi + 1e-9 * np.abs(th_hi)
+            # for theta in [th_lo, th_hi], row b's term is at most its value at th_lo, and the best row's
+            # at least its value at th_hi: rows below that cannot be a maximum (per run)
+            keep = np.zeros(X.shape, dtype=bool)
+            Dl, Dh = X - th_lo, X - th_hi
+            tol = 1e-9 * rmax * (xabs + np.abs(th_lo) + np.abs(th_hi))  # far above the rounding of ub, lb
+            for q in range(len(c)):
+                ub = np.maximum(Rhi[q][:, None] * Dl, Rlo[q][:, None] * Dl)
+                lb = np.maximum(Rhi[q][:, None] * Dh, Rlo[q][:, None] * Dh).max(axis=0)
+                keep |= ub >= lb - tol
+            need = keep.sum(axis=0)
+        m = int(need.max(initial=0))
+        small = np.isfinite(th_lo) & np.isfinite(th_hi) & (top > 0)
+        if small.any() and 0 < m <= RATIO_KEEP:
+            idx = np.argpartition(-keep.astype(np.int8), m - 1, axis=0)[:m]
+            Xs = np.take_along_axis(X, idx, axis=0)
+            parts = [(Xs, [(Rlo[q][idx], Rhi[q][idx], float(c[q])) for q in range(len(c))])]
+            th = _ratio_root(parts, K, npos, nb, rmax, xabs)
+            ok = small & (th_lo <= th) & (th <= th_hi)
+            if ok.all():
+                return th
+            out = np.where(ok, th, np.inf)
+            rest = ~ok
+            sub = [(x[:, rest], qs) for x, qs in full]
+            out[rest] = _ratio_root(sub, int(rest.sum()), npos, nb, rmax, xabs[rest])
+            return out
+    return _ratio_root(full, K, npos, nb, rmax, xabs)
+
+
+def _ratio_root(parts: list, K: int, npos: float, nb: int, rmax: float, xabs: np.ndarray) -> np.ndarray:
+    """theta per column with F(theta) <= theta verified, +inf where not (see :func:`ratio_max`). parts:
+    (X rows, [(Rlo, Rhi, count)] broadcastable to X) per group; npos, nb, rmax: the positions, runs and
+    largest ratio; xabs >= max |X| per column."""
     cols = np.arange(K)
     with np.errstate(all="ignore"):
-        th = X.max(axis=0)
+        th = np.max([x.max(axis=0) for x, _qs in parts], axis=0)
         th = np.where(np.isfinite(th), th, 0.0)
 
         def F(th, slope=False):
-            """float F(theta), sum_q counts_q |max_b ...| and (``slope``) -dF/dtheta - 1's part."""
+            """float F(theta), sum_q counts_q |max_b ...| and (``slope``) the count-weighted ratios at the maxima."""
             val, mag, der = np.zeros(K), np.zeros(K), np.zeros(K)
-            for g0, g1, (Rlo, Rhi, counts) in parts:
-                D = X[g0:g1] - th  # its sign is exact (a float difference is 0 only for equal floats)
-                for q in range(Rlo.shape[0]):
+            for x, qs in parts:
+                D = x - th  # its sign is exact (a float difference is 0 only for equal floats)
+                for Rlo, Rhi, n in qs:
                     # max over r in [Rlo, Rhi] of r D: Rhi D where D >= 0, Rlo D where D < 0 (0 <= Rlo <= Rhi)
-                    V = np.maximum(Rhi[q][:, None] * D, Rlo[q][:, None] * D)
+                    V = np.maximum(Rhi * D, Rlo * D)
                     j = V.argmax(axis=0)
-                    top = V[j, cols]
-                    val += counts[q] * top
-                    mag += counts[q] * np.abs(top)
+                    topv = V[j, cols]
+                    val += n * topv
+                    mag += n * np.abs(topv)
                     if slope:
-                        der += counts[q] * np.where(D[j, cols] >= 0, Rhi[q][j], Rlo[q][j])
+                        rh = Rhi[j, cols] if Rhi.shape[1] > 1 else Rhi[j, 0]
+                        rl = Rlo[j, cols] if Rlo.shape[1] > 1 else Rlo[j, 0]
+                        der += n * np.where(D[j, cols] >= 0, rh, rl)
             return val, mag, der
 
         for _ in range(RATIO_STEPS):
@@ -258,14 +317,10 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple) -> np.ndarray:
             th = new
             if done.all():
                 break
-        # Verify at theta a little above the float root. Per bucket, the float max over rows is within
+        # Verify at theta a little above the float root. Per run, the float max over rows is within
         # 3U Rmax (|X| + |theta|) + TINY of the exact one (a product of a rounded difference, or an
         # underflow); the sum of nb terms times counts within gamma(2 nb + 2) of its absolute sum. So
         # F(theta) <= fl(F) + err. (val is signed: err is added, never a relative inflation of val.)
-        npos = sum(float(c.sum()) for _g0, _g1, (_lo, _hi, c) in parts)
-        nb = sum(c.shape[0] for _g0, _g1, (_lo, _hi, c) in parts)
-        rmax = max(float(Rhi.max()) for _g0, _g1, (_lo, Rhi, _c) in parts)
-        xabs = np.abs(X).max(axis=0)
 
         def err(th, absval):
             return up(gamma(2 * nb + 2) * absval + npos * (3 * U * rmax * (xabs + np.abs(th)) + TINY), 4)
@@ -279,6 +334,7 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple) -> np.ndarray:
 
 
 RATIO_STEPS = 30  # Newton steps of ratio_max (it usually settles in 3 to 6)
+RATIO_KEEP = 512  # ratio_max keeps at most this many rows per column before it falls back to all rows
 
 
 def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
