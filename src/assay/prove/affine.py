@@ -264,20 +264,21 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | N
                 lb = np.maximum(Rhi[q][:, None] * Dh, Rlo[q][:, None] * Dh).max(axis=0)
                 keep |= ub >= lb - tol
             need = keep.sum(axis=0)
-        m = int(need.max(initial=0))
-        small = np.isfinite(th_lo) & np.isfinite(th_hi) & (top > 0)
-        if small.any() and 0 < m <= RATIO_KEEP:
-            idx = np.argpartition(-keep.astype(np.int8), m - 1, axis=0)[:m]
-            Xs = np.take_along_axis(X, idx, axis=0)
+        good = np.isfinite(th_lo) & np.isfinite(th_hi) & (top > 0) & (need <= RATIO_KEEP)
+        if good.any():
+            g = np.flatnonzero(good)
+            m = int(need[g].max())
+            idx = np.argpartition(-keep[:, g].astype(np.int8), m - 1, axis=0)[:m]
+            Xs = np.take_along_axis(X[:, g], idx, axis=0)
             parts = [(Xs, [(Rlo[q][idx], Rhi[q][idx], float(c[q])) for q in range(len(c))])]
-            th = _ratio_root(parts, K, npos, nb, rmax, xabs)
-            ok = small & (th_lo <= th) & (th <= th_hi)
-            if ok.all():
-                return th
-            out = np.where(ok, th, np.inf)
-            rest = ~ok
-            sub = [(x[:, rest], qs) for x, qs in full]
-            out[rest] = _ratio_root(sub, int(rest.sum()), npos, nb, rmax, xabs[rest])
+            th = _ratio_root(parts, len(g), npos, nb, rmax, xabs[g])
+            out = np.full(K, np.inf)
+            ok = (th_lo[g] <= th) & (th <= th_hi[g])
+            out[g[ok]] = th[ok]
+            rest = np.flatnonzero(~np.isin(np.arange(K), g[ok]))
+            if len(rest):
+                sub = [(x[:, rest], qs) for x, qs in full]
+                out[rest] = _ratio_root(sub, len(rest), npos, nb, rmax, xabs[rest])
             return out
     return _ratio_root(full, K, npos, nb, rmax, xabs)
 
