@@ -149,20 +149,22 @@ def enumerate_cases(n_free: int, suffix: Sequence[int], allowed: Sequence[int]):
 def run_cases(engine: Engine, n_free: int, c: int, stop_below: float | None = None) -> list[CaseResult]:
     """Every case's bounds (stopping at the first case whose margin is below stop_below, if given).
 
-    Once a case is not proven the claim cannot be, so later cases skip the per-competitor slopes (their
-    bounds stay valid, only less tight): without this an unprovable claim with a free last token would
-    run the slope search in each of its |A| cases per length."""
+    Once a case is not proven the claim cannot be, so later cases skip the per-competitor slopes and
+    the per-position caps and score ratios of the attention terms (their bounds stay valid, only less
+    tight): without
+    this an unprovable claim with a free last token would run the slope search in each of its |A|
+    cases per length, and a long unprovable one the ratio bound at every length."""
     out = []
     try:
         for L, last in enumerate_cases(n_free, list(engine.suffix), list(engine.allowed)):
             r = engine.case(L, last, c)
             out.append(r)
             if not r.margin > 0.0:
-                engine.use_slopes = False
+                engine.use_slopes = engine.use_ratios = False
             if stop_below is not None and not r.margin > stop_below:
                 break
     finally:
-        engine.use_slopes = True
+        engine.use_slopes = engine.use_ratios = True
     return out
 
 

@@ -150,6 +150,7 @@ class Engine:
         self._free_sets: dict[tuple[int, int], list[AffineSet]] = {}
         self._free_kv: dict[tuple[int, int], PosKV] = {}
         self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
+        self.use_ratios = True  # per-position caps and score ratios of attention terms (likewise)
         self._prefix()
 
     # ------------------------------------------------------------------ exact rows (anchors, variants)
@@ -330,7 +331,7 @@ class Engine:
             VAb = np.concatenate([Ve[h, :n_anchor]] + [o.Vbox[h] for o in exact])
             s, srad = rules.score_bounds(q[h], qbox[h], KA, KAb, self.scale)
             o, obox, m, wa_lo = rules.anchor_average(s, srad, VA, VAb)
-            wa_hi = rules.anchor_mass_hi(s, srad, m)
+            wa_hi = rules.anchor_mass_hi(s, srad, m) if self.use_ratios else None
             groups = []  # (values, their boxes, per position the upper and the lower score bounds)
             for r in rest:
                 if r.share is None:
@@ -354,7 +355,7 @@ class Engine:
                     his = [np.nextafter(rs + rrad, np.inf)] * len(shared)
                     los = [np.nextafter(rs - rrad, -np.inf)] * len(shared)
                 groups.append((r0.V[h], r0.Vbox[h], his, los))
-            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi)
+            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi, self.use_ratios)
             lams.append(lam)
             total = S if total is None else total.add(S)
         return total.shift(lw.b_O), lams

@@ -601,6 +601,7 @@ def head_output_set(
     groups: list[tuple],
     W_O: np.ndarray,
     wa_hi: float | None = None,
+    per_position: bool = True,
 ) -> tuple[AffineSet, float]:
     """The set of possible outputs of one head (mapped by W_O), and Lambda (the bound on the total
     weight of the non-anchor positions).
@@ -609,7 +610,8 @@ def head_output_set(
     the upper bounds of its scores, one per row, and optionally their lower bounds). With the lower
     bounds and ``wa_hi`` (an upper bound of W_A, :func:`anchor_mass_hi`) the term also gets the ranges
     of r_i = w_i / W_A (per run of positions, as the scales), with which affine.ratio_max bounds its
-    support by the softmax weights themselves rather than their caps.
+    support by the softmax weights themselves rather than their caps. ``per_position=False``: one scale
+    vector per group (the largest over its positions; quicker, looser).
 
     With W_A the anchors' softmax mass and w_i the free positions' (shift m), the output is
     o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w) <= e^{u_i} / (W_A^min + e^{u_i}) =:
@@ -656,7 +658,7 @@ def head_output_set(
                 li = np.where(np.isfinite(e), e / (wa_lo + e), 1.0) if wa_lo > 0 else np.ones_like(e)
             per.append(np.minimum(up(np.nan_to_num(li, nan=1.0), 4), lam))
         scale.append(np.max(per, axis=0))
-        pscale.append(position_buckets(per))
+        pscale.append(position_buckets(per) if per_position else None)
         D.append(V - o)
         vb.append(Vb.max(axis=0))
         starts.append(row)
