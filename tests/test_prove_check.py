@@ -278,15 +278,21 @@ def test_fields_added_after_proving_are_allowed(certs):
 
 def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeypatch):
     # /1 (earlier versions): no LayerNorm pre-activation ranges; /2 added them; /3 the pre-activation set
-    # and the inner-product norm bound; /4 (this prover) per-competitor slopes where /3 does not prove a
-    # case (tests/test_prove_slopes.py). Certificates of every version still check; a certificate
-    # relabelled with an earlier version claims more than that version derives and is rejected; an
-    # unknown method is rejected.
+    # and the inner-product norm bound; /4 per-competitor slopes where /3 does not prove a case
+    # (tests/test_prove_slopes.py); /5 (this prover) per-position attention caps and score ratios.
+    # Certificates of every version still check; a certificate relabelled with an earlier version
+    # claims more than that version derives and is rejected; an unknown method is rejected.
     from assay.prove import api, rules
     from assay.prove.engine import Options
 
     m = models["rope-relu"]
     no_slopes = Options(max_alpha=0)
+
+    def before_5(mp):  # the attention terms of /1 to /4: the largest cap over the positions, no ratios
+        mp.setattr(rules, "position_buckets", lambda per: None)
+        mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)
+
+    before_5(monkeypatch)
     # an old-style /1 certificate: the prover without any of the LayerNorm pre-activation refinements
     monkeypatch.setattr(api, "METHOD", "affine-lambda/1")
     monkeypatch.setattr(rules, "ln_taylor", lambda *a, _f=rules.ln_taylor: (_f(*a)[0], None))
@@ -298,20 +304,29 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     claim = dict(suffix=c["suffix"], allowed=c["allowed"])
     # a /2 certificate: ranges from the linear part, but the Taylor set (with its ball) as the MLP input
     monkeypatch.setattr(api, "METHOD", "affine-lambda/2")
+    before_5(monkeypatch)
     monkeypatch.setattr(rules, "ln_preact_set", lambda e, P, *a: P)
     monkeypatch.setattr(rules, "norm_upper_bound", lambda Y, p: math.inf)
     mid = prove(m, c["prefix"], c["n_free"], **claim, options=no_slopes)
     monkeypatch.undo()
     assert mid.certificate["method"]["name"] == "affine-lambda/2" and check(mid.certificate, m)
     monkeypatch.setattr(api, "METHOD", "affine-lambda/3")
+    before_5(monkeypatch)
     new = prove(m, c["prefix"], c["n_free"], **claim, options=no_slopes)
     monkeypatch.undo()
     assert new.certificate["method"]["name"] == "affine-lambda/3" and check(new.certificate, m)
     assert new.margin > mid.margin > old.margin
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/4")
+    before_5(monkeypatch)
+    four = prove(m, c["prefix"], c["n_free"], **claim)
+    monkeypatch.undo()
+    assert four.certificate["method"]["name"] == "affine-lambda/4" and check(four.certificate, m)
+    assert four.margin >= new.margin
     now = prove(m, c["prefix"], c["n_free"], **claim)
-    assert now.certificate["method"]["name"] == "affine-lambda/4" and check(now.certificate, m)
-    assert now.margin >= new.margin
-    for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate)):
+    assert now.certificate["method"]["name"] == "affine-lambda/5" and check(now.certificate, m)
+    assert now.margin > four.margin
+    for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate),
+                        ("affine-lambda/4", now.certificate)):
         with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
             check(_forge(cert, method={**cert["method"], "name": label}), m)
     with pytest.raises(CertificateError, match="unknown method"):

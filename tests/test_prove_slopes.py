@@ -126,7 +126,7 @@ def _forge(cert, case_change):
 def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
     model, r = slope_cert
     cert = r.certificate
-    assert cert["method"]["name"] == "affine-lambda/4"
+    assert cert["method"]["name"] == "affine-lambda/5"
     assert check(cert, model)
     i, j = next((i, j) for i, c in enumerate(cert["cases"]) for j, e in enumerate(c["alpha"]) if e["slopes"])
 
@@ -175,7 +175,7 @@ def test_checker_derivation_of_the_slope_bound_agrees_with_the_prover(slope_cert
     W = extract(model)
     V = model.cfg.d_vocab
     eng = Engine(W, cert["prefix"], cert["suffix"], np.arange(V), Options())
-    chk = C.Checker(model, cert["prefix"], cert["suffix"], list(range(V)), {}, **C.METHODS["affine-lambda/4"])
+    chk = C.Checker(model, cert["prefix"], cert["suffix"], list(range(V)), {}, **C.METHODS["affine-lambda/5"])
     n = shifted = 0
     for case in cert["cases"]:
         for ev in case["alpha"]:

@@ -43,12 +43,14 @@ FORMAT = "assay-overwhelm-certificate/1"
 # /2 added the MLP pre-activation ranges from LayerNorm's linear part (ln_preact_bounds); /3 the
 # pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range; /4
 # per-competitor ReLU slopes of the last MLP and the tangent bound of the final LayerNorm (evidence
-# "alpha" in the case records, :meth:`Checker.alpha_margin`).
+# "alpha" in the case records, :meth:`Checker.alpha_margin`); /5 per-position attention caps and the
+# score-ratio bound of attention terms (:func:`_ratio_max`).
 METHODS = {
     "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
     "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
     "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True},
     "affine-lambda/4": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True},
+    "affine-lambda/5": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -1319,10 +1321,11 @@ class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
-                 preact_set: bool = True, norm_ub: bool = True, alpha: bool = False):
+                 preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False):
         cfg = model.cfg
         self.cfg = cfg
         self.alpha = alpha
+        self.ratios = ratios
         self.ln_preact = ln_preact
         self.preact_set = preact_set
         self.norm_ub = norm_ub
@@ -1566,7 +1569,7 @@ class Checker:
                 wr = _up(sum((_emax(e) for ex in exps for e in ex), ZERO))
                 lam = ONE if (not wa_lo > 0) else _emin([ONE, _up(wr / (wa_lo + wr))])
                 rows_all, scale, starts, mult, pscale, ratios = [], [], [], [], [], []
-                use_r = wa_lo > 0 and wa_hi.is_finite()
+                use_r = self.ratios and wa_lo > 0 and wa_hi.is_finite()
                 for (rows, his), ex in zip(groups, exps, strict=True):
                     if use_r:  # r = w / W_A per position: [exp(lower - m) / W_A^max, exp(upper - m) / W_A^min]
                         ratios.append(_ratio_buckets([[_lo((_lo(x) - m).exp() / wa_hi) for x in sr] for sr in his],
@@ -1577,7 +1580,7 @@ class Checker:
                            for e in ex]
                     scale.extend(_emax(col) for col in zip(*per, strict=True))
                     same = all(sr is his[0] for sr in his)  # one score list for every position
-                    pscale.append(None if same else _buckets(per))
+                    pscale.append(None if same or not self.ratios else _buckets(per))
                     rows_all.extend(rows)
                 # Rows at the values' midpoints; the values' radii go to the box (as in the prover).
                 mids = [[_f(_mid(x)) for x in v] for v in rows_all]
