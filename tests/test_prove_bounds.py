@@ -9,6 +9,7 @@ output set gives: each coordinate, and many random linear functionals with exact
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import numpy as np
@@ -715,7 +716,7 @@ def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkey
             if not ratios:
                 mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)  # no ratio ranges
             runs.append([prove(model, p, n, suffix=q) for p, n, q in claims])
-    for before, after in zip(runs, runs[1:]):
+    for before, after in itertools.pairwise(runs):
         gains = [a.best_margin - b.best_margin for a, b in zip(after, before, strict=True)]
         assert min(gains) >= -1e-9, gains
         assert max(g for g, r in zip(gains, after, strict=True) if r.proven) > 1e-2, gains  # a proven claim gains
