@@ -645,7 +645,8 @@ def head_output_set(
     for grp, ex in zip(groups, exps, strict=True):
         V, Vb = grp[0], grp[1]
         if use_r:
-            rhi = [up(e / wa_lo, 2) for e in ex]
+            with np.errstate(over="ignore"):  # an overflowed ratio leaves the term without ratios
+                rhi = [up(e / wa_lo, 2) for e in ex]
             rlo = []
             for lo_s in grp[3]:
                 x = lo_s - m
