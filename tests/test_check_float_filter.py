@@ -246,3 +246,16 @@ def test_pooled_filter_with_subnormal_scales():
         (rr, _), = C._group_rows(s, s, X, X, np.array([T]), [0], [2], C._group_prep(s, s, X, X))
         vals = [Fraction(float(s[i])) * (Fraction(float(X[i, 0])) - Fraction(T)) for i in range(2)]
         assert max([vals[i] for i in rr.tolist()] + [Fraction(0)]) == max(vals + [Fraction(0)])
+
+
+def test_row_filter_without_the_floor_keeps_the_maximum_at_a_negative_t():
+    # Found in review: with t < 0 (the score-ratio bound) the tolerance used |X| + t, which can be ~0
+    # while the rounding of s X - s t is ~u s (|X| + |t|); the true maximum (row 1) was dropped.
+    t = np.array([-0.9999450092433859])
+    s = np.array([18340628.601973463, 3493611900.851532])
+    X = np.array([[-1.0], [-0.9999452979317326]])
+    exact = [arb(float(si)) * (arb(float(x)) - arb(float(t[0]))) for si, x in zip(s, X[:, 0], strict=True)]
+    assert exact[1] > exact[0]
+    pre = C._group_prep(s, s, X, X)
+    rows, cs = C._group_rows(s, s, X, X, t, [0], [2], pre, floor=False)[0]
+    assert 1 in rows[cs[0]:cs[1]].tolist()

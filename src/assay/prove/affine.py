@@ -262,9 +262,9 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | N
             for q in range(len(c)):
                 ub = np.maximum(Rhi[q][:, None] * Dl, Rlo[q][:, None] * Dl)
                 lb = np.maximum(Rhi[q][:, None] * Dh, Rlo[q][:, None] * Dh).max(axis=0)
-                keep |= ub >= lb - tol
+                keep |= ~(ub < lb - tol)  # a nan bound keeps the row
             need = keep.sum(axis=0)
-        good = np.isfinite(th_lo) & np.isfinite(th_hi) & (top > 0) & (need <= RATIO_KEEP)
+        good = np.isfinite(th_lo) & np.isfinite(th_hi) & (top > 0) & (need >= 1) & (need <= RATIO_KEEP)
         if good.any():
             g = np.flatnonzero(good)
             m = int(need[g].max())

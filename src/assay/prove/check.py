@@ -353,7 +353,7 @@ def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict,
     out = []
     ncol = lo.shape[1]
     with np.errstate(all="ignore"):
-        mag = pre["mag"] + t  # per column
+        mag = pre["mag"] + np.abs(t)  # per column (t < 0 in _ratio_max)
         for g0, g1 in zip(starts, bounds, strict=True):
             if g1 <= g0:
                 out.append((np.empty(0, dtype=np.int64), np.zeros(ncol + 1, dtype=np.int64)))
