@@ -209,11 +209,24 @@ def tangent(ys: np.ndarray, eps: float) -> tuple[np.ndarray, float] | None:
 
 def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
     """Float value and maximiser (a coefficient vector) of sum_ib w_ib vals_b over a pooled term's
-    weights: the Lagrangian form of affine.pooled_max at its best grid point (the total is not enforced
-    in the maximiser; this only guides the search)."""
+    weights, from the bound affine.pooled_max uses: with score ratios, ratio_max's theta and the
+    softmax weights of each run's best row there; else (or where that fails) the Lagrangian form at
+    its best grid point (the total is not enforced in that maximiser). This only guides the search."""
     scale, starts, mult, total, pscale, ratios = t.pool
-    top = max(float(vals.max(initial=0.0)), 0.0)
     ends = np.append(starts[1:], len(vals))
+    if ratios is not None and len(vals):
+        th = float(ratio_max(vals[:, None], starts, ratios, total)[0])
+        if np.isfinite(th):
+            num, den = np.zeros(t.V.shape[1]), 1.0
+            for s0, e0, (Rlo, Rhi, counts) in zip(starts, ends, ratios, strict=True):
+                D = vals[s0:e0] - th
+                for rlo, rhi, n in zip(Rlo, Rhi, counts, strict=True):
+                    r = np.where(D >= 0, rhi, rlo)
+                    j = int(np.argmax(r * D))
+                    num = num + n * r[j] * t.V[s0 + j]
+                    den += n * r[j]
+            return th, num / den
+    top = max(float(vals.max(initial=0.0)), 0.0)
     best, arg = np.inf, np.zeros(t.V.shape[1])
     for f in POOL_T:
         tt = top * f
@@ -231,22 +244,6 @@ def _pooled_argmax(t: Term, vals: np.ndarray) -> tuple[float, np.ndarray]:
                     coef = coef + n * sq[j] * t.V[s0 + j]
         if val < best:
             best, arg = val, coef
-    if ratios is not None and len(vals):
-        # the softmax weights at ratio_max's theta: each run's best row with its ratio, normalised
-        th = float(ratio_max(vals[:, None], starts, ratios)[0])
-        if th < best:
-            num, den = np.zeros(t.V.shape[1]), 1.0
-            for g, R in enumerate(ratios):
-                if R is None:
-                    continue
-                s0, e0 = starts[g], ends[g]
-                D = vals[s0:e0] - th
-                for rlo, rhi, n in zip(*R, strict=True):
-                    r = np.where(D >= 0, rhi, rlo)
-                    j = int(np.argmax(r * D))
-                    num = num + n * r[j] * t.V[s0 + j]
-                    den += n * r[j]
-            best, arg = th, num / den
     return best, arg
 
 
