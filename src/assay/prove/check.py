@@ -412,8 +412,25 @@ def pooled_max(X, pool) -> list[arb]:
     Each piece's maximum is taken in arb over the rows that can attain it: a row whose float upper
     bound of s_b (X_b - t) is below 0 or below another row's float lower bound is discarded (see
     :func:`_group_rows`); the bound above holds for the kept rows' exact values, which are at least every
-    discarded row's value."""
+    discarded row's value.
+
+    With score ratios (``pool[5]``) the bound is :func:`_ratio_max`, as in the prover; the caps' bound
+    above is computed only for the columns where that fails."""
     cols = X if isinstance(X, _Cols) else _Cols.of_list(X)
+    ratios = pool[5] if len(pool) > 5 else None
+    if ratios is None or cols.shape[0] == 0:
+        return _capped_max(cols, pool)
+    out = _ratio_max(cols, pool[1], ratios)
+    bad = [j for j, x in enumerate(out) if x is None]
+    if bad:
+        sub = _Cols(cols.lo[:, bad], cols.hi[:, bad], lambda rows, j: cols.exact(rows, bad[j]))
+        for j, x in zip(bad, _capped_max(sub, pool), strict=True):
+            out[j] = x
+    return out
+
+
+def _capped_max(cols: _Cols, pool) -> list[arb]:
+    """The caps' bound of :func:`pooled_max` (Lagrangian duality on the total)."""
     total = pool[3]
     N, K = cols.shape
     if N == 0 or not total > 0:
@@ -448,9 +465,6 @@ def pooled_max(X, pool) -> list[arb]:
                 val = _up(val)
                 best = val if best is None else _emin([best, val])
             out.append(best)
-    ratios = pool[5] if len(pool) > 5 else None
-    if ratios is not None:
-        out = [a if b is None else _emin([a, b]) for a, b in zip(out, _ratio_max(cols, pool[1], ratios), strict=True)]
     return out
 
 
