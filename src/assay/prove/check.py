@@ -713,20 +713,20 @@ def _runs(m: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def _per_run(per: list[list[arb]], reduce) -> list[list[arb]]:
+    """Per run of :func:`_runs`, the elementwise ``reduce`` (_emax or _emin) of its positions' lists."""
+    return [[reduce(col) for col in zip(*per[a:b], strict=True)] for a, b in _runs(len(per))]
+
+
 def _buckets(per: list[list[arb]]) -> tuple[list[list[arb]], list[int]]:
-    """Per-position scales (m lists over the rows) per run of :func:`_runs`: the elementwise largest
-    scale of each run, and the runs' lengths."""
-    runs = _runs(len(per))
-    return [[_emax(col) for col in zip(*per[a:b], strict=True)] for a, b in runs], [b - a for a, b in runs]
+    """Per-position scales (m lists over the rows): each run's elementwise largest, and the runs' lengths."""
+    return _per_run(per, _emax), [b - a for a, b in _runs(len(per))]
 
 
 def _ratio_buckets(rlo: list[list[arb]], rhi: list[list[arb]]) -> tuple[list, list, list[int]]:
-    """Per-position ranges of the score ratios over the runs of :func:`_buckets`: per run the least
-    lower and the largest upper ends, and the runs' lengths."""
-    runs = _runs(len(rhi))
-    return ([[_emin(col) for col in zip(*rlo[a:b], strict=True)] for a, b in runs],
-            [[_emax(col) for col in zip(*rhi[a:b], strict=True)] for a, b in runs],
-            [b - a for a, b in runs])
+    """Per-position ranges of the score ratios: each run's least lower and largest upper ends, and the
+    runs' lengths."""
+    return _per_run(rlo, _emin), _per_run(rhi, _emax), [b - a for a, b in _runs(len(rhi))]
 
 
 def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat,

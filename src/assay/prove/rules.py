@@ -684,26 +684,28 @@ def _runs(m: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def _per_run(per: list[np.ndarray], reduce) -> np.ndarray:
+    """Per run of :func:`_runs`, the elementwise ``reduce`` (np.max or np.min) of its positions' rows."""
+    return np.stack([reduce(per[a:b], axis=0) for a, b in _runs(len(per))])
+
+
+def _run_counts(m: int) -> np.ndarray:
+    return np.array([b - a for a, b in _runs(m)], dtype=np.float64)
+
+
 def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-position ranges [rlo, rhi] of the score ratios as (Rlo, Rhi, counts) over the runs of
     :func:`_runs`: the least lower and the largest upper end of each run (affine.ratio_max)."""
-    runs = _runs(len(rhi))
-    return (np.stack([np.min(rlo[a:b], axis=0) for a, b in runs]),
-            np.stack([np.max(rhi[a:b], axis=0) for a, b in runs]),
-            np.array([b - a for a, b in runs], dtype=np.float64))
+    return _per_run(rlo, np.min), _per_run(rhi, np.max), _run_counts(len(rhi))
 
 
 def position_buckets(per: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The per-position scales of one group of positions as (S, counts) for affine.pooled_max: the
-    positions in order, cut into nb = min(m, POSITION_BUCKETS) contiguous runs [i m // nb, (i + 1) m // nb)
-    (m positions), each run
-    with the elementwise largest scale of its positions; None when every position has the same scales
-    (the group's one scale vector says it all)."""
+    """The per-position scales of one group of positions as (S, counts) for affine.capped_max: per run
+    of :func:`_runs` the elementwise largest scale of its positions; None when every position has the
+    same scales (the group's one scale vector says it all)."""
     if len(per) <= 1 or all(np.array_equal(per[0], x) for x in per[1:]):
         return None
-    runs = _runs(len(per))
-    return (np.stack([np.max(per[a:b], axis=0) for a, b in runs]),
-            np.array([b - a for a, b in runs], dtype=np.float64))
+    return _per_run(per, np.max), _run_counts(len(per))
 
 
 __all__ = [
