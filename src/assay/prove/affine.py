@@ -275,7 +275,7 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | N
             out = np.full(K, np.inf)
             ok = (th_lo[g] <= th) & (th <= th_hi[g])
             out[g[ok]] = th[ok]
-            rest = np.flatnonzero(~np.isin(np.arange(K), g[ok]))
+            rest = np.flatnonzero(~np.isfinite(out))
             if len(rest):
                 sub = [(x[:, rest], qs) for x, qs in full]
                 out[rest] = _ratio_root(sub, len(rest), npos, nb, rmax, xabs[rest])
@@ -334,7 +334,7 @@ def _ratio_root(parts: list, K: int, npos: float, nb: int, rmax: float, xabs: np
     return np.where(ok, th, np.inf)
 
 
-RATIO_STEPS = 30  # Newton steps of ratio_max (it usually settles in 3 to 6)
+RATIO_STEPS = 30  # at most this many Newton steps in ratio_max (about 3 on average, docs/prove.md)
 RATIO_KEEP = 512  # ratio_max keeps at most this many rows per column before it falls back to all rows
 
 

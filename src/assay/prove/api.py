@@ -151,9 +151,8 @@ def run_cases(engine: Engine, n_free: int, c: int, stop_below: float | None = No
 
     Once a case is not proven the claim cannot be, so later cases skip the per-competitor slopes and
     the per-position caps and score ratios of the attention terms (their bounds stay valid, only less
-    tight): without
-    this an unprovable claim with a free last token would run the slope search in each of its |A|
-    cases per length, and a long unprovable one the ratio bound at every length."""
+    tight): without this an unprovable claim with a free last token would run the slope search in each
+    of its |A| cases per length, and a long unprovable one the ratio bound at every length."""
     out = []
     try:
         for L, last in enumerate_cases(n_free, list(engine.suffix), list(engine.allowed)):

@@ -332,7 +332,8 @@ def _bounds_of(scale: list[arb]) -> tuple[np.ndarray, np.ndarray]:
 
 def _group_prep(slo, shi, lo, hi) -> dict:
     """What :func:`_group_rows` needs for every t: the largest |X| per column and, when each scale is
-    one number s >= 0 (always, for the scales the checker makes), the products s hi and s lo."""
+    one number s >= 0 (the caps; the ratio ranges of :func:`_ratio_max` are intervals), the products
+    s hi and s lo."""
     with np.errstate(all="ignore"):
         pre = {"mag": np.maximum(np.abs(lo), np.abs(hi)).max(axis=0),
                "point": bool(np.array_equal(slo, shi) and np.all(slo >= 0))}
@@ -344,11 +345,12 @@ def _group_prep(slo, shi, lo, hi) -> dict:
 def _group_rows(slo, shi, lo, hi, t, starts, bounds, pre: dict,
                 floor: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per group of rows [g0, g1): the rows that can attain max(0, max_b s_b (X_b - t)) for s_b in
-    [slo_b, shi_b] and X_b in [lo_b, hi_b] (columns; t >= 0 per column), as (rows, column starts): the
-    kept rows of column j are rows[starts[j]:starts[j + 1]]. A row is dropped when its float upper
-    bound is below 0 or below another row's float lower bound by more than ``tol``, which bounds the
-    rounding of every float value here (s (X - t), or s X - s t when s is one number per row: relative
-    error below 3u of s (|X| + t); the absolute part covers underflow). ``pre``: :func:`_group_prep`.
+    [slo_b, shi_b] and X_b in [lo_b, hi_b] (columns; one t per column, of either sign), as (rows,
+    column starts): the kept rows of column j are rows[starts[j]:starts[j + 1]]. A row is dropped when
+    its float upper bound is below 0 or below another row's float lower bound by more than ``tol``,
+    which bounds the rounding of every float value here (s (X - t), or s X - s t when s is one number
+    per row: relative error below 3u of s (|X| + |t|); the absolute part covers underflow). ``pre``:
+    :func:`_group_prep`.
     ``floor=False``: the maximum is max_b s_b (X_b - t) without the 0 (rows below 0 may attain it)."""
     out = []
     ncol = lo.shape[1]

@@ -607,8 +607,8 @@ def head_output_set(
     weight of the non-anchor positions).
 
     ``groups``: (values V [nv, k], their error boxes, for every position holding one of these rows
-    the upper bounds of its scores, one per row, and optionally their lower bounds). With the lower
-    bounds and ``wa_hi`` (an upper bound of W_A, :func:`anchor_mass_hi`) the term also gets the ranges
+    the upper bounds of its scores, one per row, and, needed only with ``wa_hi``, their lower bounds).
+    With ``wa_hi`` (an upper bound of W_A, :func:`anchor_mass_hi`) the term also gets the ranges
     of r_i = w_i / W_A (per run of positions, as the scales), with which affine.ratio_max bounds its
     support by the softmax weights themselves rather than their caps. ``per_position=False``: one scale
     vector per group (the largest over its positions; quicker, looser).
@@ -640,7 +640,7 @@ def head_output_set(
     else:
         lam = min(1.0, float(up(wr / (wa_lo + wr), 4)))
     D, scale, starts, mult, vb, pscale, ratios = [], [], [], [], [], [], []
-    use_r = (wa_hi is not None and math.isfinite(wa_hi) and wa_lo > 0.0 and all(len(g) > 3 for g in groups))
+    use_r = wa_hi is not None and math.isfinite(wa_hi) and wa_lo > 0.0
     row = 0
     for grp, ex in zip(groups, exps, strict=True):
         V, Vb = grp[0], grp[1]
