@@ -729,20 +729,21 @@ def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkey
             assert check(r.certificate, model)
 
 
-def _ratio_brute(X: np.ndarray, groups: list[tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]], rng) -> float:
-    """Largest sum_i r_i X_(b_i) / (1 + sum_i r_i) over every choice of rows (one per position) and
-    ratios at the ends and inside their ranges: (g0, g1, per position (rlo, rhi)) per group."""
+def _ratio_brute(X: np.ndarray, groups: list[tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]]) -> float:
+    """The largest sum_i r_i X_(b_i) / (1 + sum_i r_i) over every choice of rows (one per position) and
+    every r_i in its range, (g0, g1, per position (rlo, rhi)) per group. For fixed rows and the other
+    ratios the quotient is monotone in each r_i (a linear-fractional function), so the maximum is at
+    a vertex of the box of ratios: enumerating rows and vertices is exact."""
     import itertools
 
     positions = [(g0, rr) for g0, g1, per in groups for rr in per]
     best = -np.inf
     choices = [range(len(rr[0])) for _g0, rr in positions]
     for pick in itertools.product(*choices):
-        for trial in range(4):
+        for ends in itertools.product((0, 1), repeat=len(positions)):
             num, den = 0.0, 1.0
-            for (g0, (rlo, rhi)), b in zip(positions, pick, strict=True):
-                lam = (0.0, 1.0, rng.uniform(), rng.uniform())[trial]
-                r = rlo[b] + lam * (rhi[b] - rlo[b])
+            for (g0, rr), b, e in zip(positions, pick, ends, strict=True):
+                r = rr[e][b]
                 num += r * X[g0 + b]
                 den += r
             best = max(best, num / den)
@@ -750,8 +751,10 @@ def _ratio_brute(X: np.ndarray, groups: list[tuple[int, int, list[tuple[np.ndarr
 
 
 @pytest.mark.parametrize("point", [True, False])
-def test_ratio_max_bounds_every_choice_of_rows_and_is_exact_for_point_ratios(point):
-    """affine.ratio_max and the checker's _ratio_max against enumeration of every row choice."""
+def test_ratio_max_is_the_support_over_every_choice_of_rows_and_ratios(point):
+    """affine.ratio_max and the checker's _ratio_max against enumeration of every row choice and every
+    vertex of the ratio ranges: with one position per run the condition F(theta) <= theta is exactly
+    sup <= theta, so both bounds are the exact support (to rounding), for point and interval ranges."""
     from assay.prove.affine import ratio_max
 
     C = importlib.import_module("assay.prove.check")
@@ -767,21 +770,18 @@ def test_ratio_max_bounds_every_choice_of_rows_and_is_exact_for_point_ratios(poi
             rlo = rhi if point else rhi * rng.uniform(0.5, 1, (npos, n))
             ratios.append((rlo, rhi, np.ones(npos)))
             groups.append((int(g0), int(g0) + n, [(rlo[p], rhi[p]) for p in range(npos)]))
-        want = _ratio_brute(X, groups, rng)
+        want = _ratio_brute(X, groups)
         got = float(ratio_max(X[:, None], starts, tuple(ratios))[0])
-        assert got >= want
-        if point:
-            assert got <= want + 1e-9 * (1 + abs(want))
+        assert want <= got <= want + 1e-9 * (1 + abs(want))
         cols = C._Cols.of_list([[arb(float(x))] for x in X])
         cr = [([[arb(float(v)) for v in row] for row in rlo], [[arb(float(v)) for v in row] for row in rhi],
                [arb(1)] * len(rlo)) for rlo, rhi, _c in ratios]
         cgot = C._ratio_max(cols, [int(g) for g in starts], cr)[0]
         assert cgot is not None and cgot >= arb(want).upper()
-        if point:
-            assert float(cgot) <= want + 1e-9 * (1 + abs(want))
+        assert float(cgot) <= want + 1e-9 * (1 + abs(want))
 
 
-def test_ratio_max_on_the_largest_rows_equals_it_on_every_row():
+def test_ratio_max_on_the_largest_rows_equals_it_on_every_row(monkeypatch):
     # Many rows in one group: ratio_max works on each column's largest entries (with checks that send a
     # column back to every row). Against the same root over every row, and never below the value of
     # sampled row choices; columns with every entry negative take the fallback.
@@ -795,7 +795,15 @@ def test_ratio_max_on_the_largest_rows_equals_it_on_every_row():
     rhi = rng.uniform(0, 0.2, (nb, N))
     rlo = rhi * rng.uniform(0.9, 1.0, (nb, N))
     counts = np.array([3.0, 1.0, 2.0])
+    calls = []  # (rows, columns) of every root solved
+    real_root = affine._ratio_root
+    monkeypatch.setattr(affine, "_ratio_root",
+                        lambda parts, k, *a: calls.append((parts[0][0].shape[0], k)) or real_root(parts, k, *a))
     got = affine.ratio_max(X, np.array([0]), ((rlo, rhi, counts),), total=1.0)
+    monkeypatch.undo()
+    # the pruned path ran for most columns, on far fewer rows, and the all-negative ones on every row
+    assert calls[0][0] <= affine.RATIO_KEEP and calls[0][1] >= K // 2
+    assert len(calls) == 2 and calls[1][0] == N and calls[1][1] >= 6
     qs = [(rlo[q][:, None], rhi[q][:, None], float(counts[q])) for q in range(nb)]
     want = affine._ratio_root([(X, qs)], K, float(counts.sum()), nb, float(rhi.max()), np.abs(X).max(axis=0))
     assert np.all(np.isfinite(got))
