@@ -70,7 +70,10 @@ def _true_margins(model, prefix, suffix, L, last, allowed, c):
     return (logits[:, [c]] - logits).min(axis=0)
 
 
-@pytest.mark.parametrize("seed,qk,unembed", [(0, 0.3, 1.0), (1, 1.0, 3.0), (2, 0.3, 3.0), (4, 0.5, 2.0)])
+# Two of the four models run in the slow suite only (CI runs both suites): together they took 41 s of
+# the default suite's ten minutes.
+@pytest.mark.parametrize("seed,qk,unembed", [(0, 0.3, 1.0), pytest.param(1, 1.0, 3.0, marks=pytest.mark.slow),
+                                             pytest.param(2, 0.3, 3.0, marks=pytest.mark.slow), (4, 0.5, 2.0)])
 def test_every_competitor_bound_with_slopes_is_below_the_enumerated_truth(seed, qk, unembed):
     # Each competitor's bound (both paths, slopes chosen for it) against its true least logit
     # difference over every string of the case; the quotient path always gives a finite bound.
