@@ -816,3 +816,23 @@ def test_ratio_max_on_the_largest_rows_equals_it_on_every_row(monkeypatch):
         r = np.stack([rlo[q_of[i]][pick[i]] for i in range(6)])
         val = (r * X[pick, np.arange(K)]).sum(axis=0) / (1 + r.sum(axis=0))
         assert np.all(val <= got)
+
+
+def test_ratio_max_with_empty_groups_and_misshapen_ranges():
+    # A group holding no rows before the one that holds them all gives the same bound as that group
+    # alone, on the pruned path too (it read the first group's ranges); ranges whose shape does not
+    # match their group's rows are a programming error, not a bound.
+    from assay.prove import affine
+
+    rng = np.random.default_rng(34)
+    N, K, nb = 4 * affine.RATIO_KEEP + 10, 12, 2
+    X = rng.standard_normal((N, K))
+    rhi = rng.uniform(0, 0.2, (nb, N))
+    one = (rhi * 0.95, rhi, np.array([2.0, 1.0]))
+    empty = (np.zeros((1, 0)), np.zeros((1, 0)), np.array([1.0]))
+    alone = affine.ratio_max(X, np.array([0]), (one,), total=1.0)
+    led = affine.ratio_max(X, np.array([0, 0]), (empty, one), total=1.0)
+    assert np.all(np.isfinite(alone))
+    assert np.array_equal(alone, led)
+    with pytest.raises(ValueError, match="ratio ranges"):
+        affine.ratio_max(X, np.array([0]), ((rhi[:, :-1], rhi[:, :-1], one[2]),), total=1.0)

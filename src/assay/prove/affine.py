@@ -236,8 +236,13 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | N
     if len(ratios) != len(starts) or any(R is None for R in ratios):
         return np.full(K, np.inf)
     ends = np.append(starts[1:], N)
-    full = [(X[g0:g1], [(Rlo[q][:, None], Rhi[q][:, None], float(c[q])) for q in range(len(c))])
-            for g0, g1, (Rlo, Rhi, c) in zip(starts, ends, ratios, strict=True) if g1 > g0]
+    for g0, g1, (Rlo, Rhi, c) in zip(starts, ends, ratios, strict=True):
+        if np.shape(Rlo) != (len(c), g1 - g0) or np.shape(Rhi) != np.shape(Rlo):
+            raise ValueError(f"ratio ranges of shape {np.shape(Rlo)}, {np.shape(Rhi)} for {len(c)} runs "
+                             f"of a group of {g1 - g0} rows")
+    nonempty = [g for g, (g0, g1) in enumerate(zip(starts, ends, strict=True)) if g1 > g0]
+    full = [(X[starts[g]:ends[g]], [(ratios[g][0][q][:, None], ratios[g][1][q][:, None], float(ratios[g][2][q]))
+                                    for q in range(len(ratios[g][2]))]) for g in nonempty]
     if not full:
         return np.full(K, np.inf)
     npos = sum(n for _x, qs in full for _lo, _hi, n in qs)
@@ -245,7 +250,7 @@ def ratio_max(X: np.ndarray, starts: np.ndarray, ratios: tuple, total: float | N
     rmax = max(float(hi.max()) for _x, qs in full for _lo, hi, _n in qs)
     xabs = np.abs(X).max(axis=0)
     if len(full) == 1 and N >= 4 * RATIO_KEEP and total is not None:
-        Rlo, Rhi, c = ratios[0]
+        Rlo, Rhi, c = ratios[nonempty[0]]  # the one group holding rows (the others are empty)
         with np.errstate(all="ignore"):
             jt = X.argmax(axis=0)
             top = X[jt, np.arange(K)]
