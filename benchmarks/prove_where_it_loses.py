@@ -18,11 +18,18 @@ overwhelm-1l, prefix " Haman" (2944) x 256, suffix " unto" (321), next token " t
   (chord slopes on every crossing neuron), the true value of the function over the same set at that
   bound's own minimiser, and how much of the gap the neurons with w < 0 (bounded from above by chords)
   and w >= 0 account for;
-- with ``--true``, the true worst margin per L by the counterexample search of prove_tightness.py.
+- with ``--true``, the true worst margin per L by the counterexample search of prove_tightness.py;
+- with ``--exact-preacts L,L,...``, the certified margin at those lengths with the prover's MLP
+  pre-activation ranges and with the *exact* ranges over the prover's own LayerNorm input set (a float
+  diagnostic, below): how much of the gap is in the ranges rather than in the relaxation that uses
+  them. ``--design N_FIX`` runs this (and everything else) on the designed prefix of
+  prove_tightness.py instead (design with n_free 2, 60 evaluations, seed 0, suffix ".").
 
     python benchmarks/prove_where_it_loses.py          # L = 1..5, about a minute
     python benchmarks/prove_where_it_loses.py --true --max-l 6   # and the true worst margins
     python benchmarks/prove_where_it_loses.py --gap --max-l 0    # only the relaxation gap
+    python benchmarks/prove_where_it_loses.py --max-l 0 --exact-preacts 10           # a few minutes
+    python benchmarks/prove_where_it_loses.py --max-l 0 --design 64 --exact-preacts 8
 """
 
 from __future__ import annotations
@@ -49,11 +56,22 @@ def main() -> None:
                     help="also the true worst margin per L (the counterexample search of prove_tightness.py; "
                          "about a minute per length)")
     ap.add_argument("--gap", action="store_true", help="also the relaxation gap at L = 5, 6 (a float diagnostic)")
+    ap.add_argument("--exact-preacts", default="",
+                    help="comma-separated lengths: margins with the exact pre-activation ranges (a few minutes each)")
+    ap.add_argument("--design", type=int, default=0, metavar="N_FIX",
+                    help="use prove_tightness.py's designed prefix of this length (suffix '.') instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load("overwhelm-1l")
     W = extract(model)
     prefix, suffix = [2944] * args.n_fix, [321]
+    if args.design:
+        from assay.prove import design
+
+        suffix = [model.tokenizer.encode(".").ids[-1]]
+        prefix = design(model.double(), args.design, 2, suffix=suffix, seed=0, max_evals=60).prefix
+        model = model.float()
+        print(f"designed prefix (n_fix {args.design}, suffix '.'): {model.tokenizer.decode(prefix[:8])!r}...")
     c = reference_token(model, prefix, suffix)
     V = model.cfg.d_vocab
     counts: list[tuple[int, int]] = []
@@ -73,7 +91,7 @@ def main() -> None:
     rules.preact_set = counting_preact
     try:
         eng = Engine(W, prefix, suffix, np.arange(V), Options())
-        print(f"overwhelm-1l, {args.n_fix} x ' Haman' + ' unto', token {c}; MLP neurons crossing zero of "
+        print(f"overwhelm-1l, {len(prefix)} prefix tokens + {suffix}, token {c}; MLP neurons crossing zero of "
               f"{model.cfg.d_mlp}")
         print(f"{'L':>2} {'default':>10} {'refined':>8} {'slopes':>7} {'refine-all':>11} {'crossing (Taylor)':>18} "
               f"{'crossing (used)':>16} {'sigma*/sigma range':>19}")
@@ -108,6 +126,38 @@ def main() -> None:
             k = int(np.argmin(m))
             print(f"{L:>2} {k:>5} " + " ".join(f"{x:>{w}.3f}" for x, w in zip(relaxation_gap(eng, X, c, k),
                                                                                (8, 11, 15, 12), strict=True)))
+    if args.exact_preacts:
+        Ls = [int(x) for x in args.exact_preacts.split(",")]
+        print("\nThe margin with the prover's pre-activation ranges and with the exact ranges over its LayerNorm "
+              "input set\n(crossing: neurons whose range contains 0; width: median exact / used over those)")
+        print(f"{'L':>2} {'margin (used)':>14} {'margin (exact ranges)':>22} {'crossing used':>14} "
+              f"{'crossing exact':>15} {'width':>6} {'attained':>9}")
+        for L in Ls:
+            row = [L]
+            for exact in (False, True):
+                stats: list = []
+
+                def patched(X, W_in, b_in, ln=None, exact=exact, stats=stats):
+                    P, lo, hi = real_preact(X, W_in, b_in, ln)
+                    if exact and ln is not None and W_in.shape[1] == model.cfg.d_mlp:
+                        nlo, nhi, attained = exact_preact_ranges(ln, W_in, b_in, lo, hi)
+                        cr = (lo < 0) & (hi > 0)
+                        stats.append((int(cr.sum()), int(((nlo < 0) & (nhi > 0)).sum()),
+                                      float(np.median((nhi - nlo)[cr] / (hi - lo)[cr])), attained))
+                        lo, hi = nlo, nhi
+                    return P, lo, hi
+
+                rules.preact_set = patched
+                try:
+                    eng = Engine(W, prefix, suffix, np.arange(V), Options())
+                    X, _ = eng.final_set(L, None)
+                    m, _, _ = eng.margins(X, c)
+                finally:
+                    rules.preact_set = real_preact
+                row.append(float(m.min()))
+            n_used, n_exact, width, attained = stats[-1]
+            print(f"{L:>2} {row[1]:>14.3f} {row[2]:>22.3f} {n_used:>14} {n_exact:>15} {width:>6.3f} {attained:>9.6f}",
+                  flush=True)
     if args.true:
         import sys
         from pathlib import Path
@@ -120,6 +170,65 @@ def main() -> None:
         for L in range(1, args.max_l + 1):
             gap, cex = attack(m64, prefix, suffix, c, L, rng, n_starts=3)
             print(f"{L:>2} {-gap:>8.3f}{'  counterexample ' + str(cex) if cex else ''}", flush=True)
+
+
+def _maximiser(Y, g: np.ndarray) -> np.ndarray:
+    """A point of the set Y (float) where g . y is (about) largest: each term's maximising coefficients."""
+    from assay.prove.slopes import _minimiser
+
+    y = Y.center + Y.box * np.sign(g)
+    for t in Y.terms:
+        _, coef = _minimiser(t, -(t.M @ g))
+        y = y + coef @ t.M
+    return y
+
+
+def exact_preact_ranges(ln, W_in, b_in, lo, hi, rounds: int = 3, iters: int = 25):
+    """(lo, hi, attained): the ranges of the pre-activations z_j = a_j . y / sigma(y) + beta_j over the
+    LayerNorm's centred input set Y for the neurons whose range [lo, hi] contains 0 (a float diagnostic).
+
+    sigma(y) = |(y / sqrt d, sqrt eps)| is convex, so its tangent plane at any y* is below it:
+    sigma(y) >= (y* . y / d + eps) / sigma(y*). For u >= 0, a . y <= u sigma(y) on Y therefore holds if
+    sup_Y (a - u y* / (d sigma*)) . y <= u eps / sigma*, a support of Y; the least such u is found by
+    bisection, and y* is moved to the maximiser of that support (a cutting-plane iteration, ``rounds``
+    times). attained: the median of the value a . y / sigma(y) at the last maximiser over the bound, so
+    1 means the range is the exact one over Y (up to Y's own supports)."""
+    Y, d = ln.Y, ln.Y.d
+    A = ln.w[:, None] * W_in
+    beta = ln.b @ W_in + b_in
+    cross = np.nonzero((lo < 0) & (hi > 0))[0]
+    out_lo, out_hi, attained = lo.copy(), hi.copy(), []
+    for side in (1, -1):
+        G = side * A[:, cross]
+        cur = (hi - beta)[cross] if side == 1 else (beta - lo)[cross]
+        best = cur.copy()
+        Ys = np.repeat(ln.ys[:, None], len(cross), axis=1)
+        for rnd in range(rounds):
+            sig = np.sqrt((Ys * Ys).sum(0) / d + ln.eps)
+            S, e = Ys / (d * sig), ln.eps / sig
+
+            def phi(u, S=S, e=e, G=G):
+                _, h = Y.functional_bounds(G - S * u, exact=np.arange(len(u)))
+                return h - u * e
+
+            ulo, uhi = np.zeros(len(cross)), np.maximum(cur, 0.0)
+            ok = phi(uhi) <= 0
+            for _ in range(iters):
+                mid = 0.5 * (ulo + uhi)
+                p = phi(mid) <= 0
+                uhi, ulo = np.where(p, mid, uhi), np.where(p, ulo, mid)
+            u = np.where(ok, uhi, np.inf)
+            best = np.minimum(best, u)
+            Gm = G - S * np.where(np.isfinite(u), u, 0.0)
+            Ys = np.stack([_maximiser(Y, Gm[:, j]) for j in range(len(cross))], axis=1)
+            if rnd == rounds - 1:
+                val = (G * Ys).sum(0) / np.sqrt((Ys * Ys).sum(0) / d + ln.eps)
+                attained.append(float(np.median(val / best)))
+        if side == 1:
+            out_hi[cross] = np.minimum(hi[cross], beta[cross] + best)
+        else:
+            out_lo[cross] = np.maximum(lo[cross], beta[cross] - best)
+    return out_lo, out_hi, min(attained)
 
 
 def relaxation_gap(eng: Engine, X, c: int, k: int) -> tuple[float, float, float, float]:
