@@ -77,7 +77,7 @@ def support(N: int = 4096, k: int = 128, K: int = 128, seed: int = 0) -> None:
 def every_row(V: arb_mat, B: arb_mat, pool) -> tuple[list, list]:
     """The baseline: V B formed in arb_mat, and the pooled support's Lagrangian bound (the formula of
     check.pooled_max, the same grid of t) evaluated in arb over every row of every column."""
-    scale, starts, mult, total = pool
+    scale, starts, mult, total = pool[:4]  # no per-position scales or ratios in this term
     X = (V * B).tolist()
     N, K = len(X), len(X[0])
     bounds = list(starts[1:]) + [N]
