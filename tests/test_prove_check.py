@@ -279,10 +279,11 @@ def test_fields_added_after_proving_are_allowed(certs):
 def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeypatch):
     # /1 (earlier versions): no LayerNorm pre-activation ranges; /2 added them; /3 the pre-activation set
     # and the inner-product norm bound; /4 per-competitor slopes where /3 does not prove a case
-    # (tests/test_prove_slopes.py); /5 (this prover) per-position attention caps and score ratios.
+    # (tests/test_prove_slopes.py); /5 per-position attention caps and score ratios; /6 (this prover)
+    # norm directions where /5 does not prove a case (test_norm_directions_* below).
     # Certificates of every version still check; a certificate relabelled with an earlier version
     # claims more than that version derives and is rejected; an unknown method is rejected.
-    from assay.prove import api, rules
+    from assay.prove import api, engine, rules
     from assay.prove.engine import Options
 
     m = models["rope-relu"]
@@ -322,11 +323,17 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     monkeypatch.undo()
     assert four.certificate["method"]["name"] == "affine-lambda/4" and check(four.certificate, m)
     assert four.margin >= new.margin
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/5")
+    monkeypatch.setattr(engine, "NORM_DIRS", False)
+    five = prove(m, c["prefix"], c["n_free"], **claim)
+    monkeypatch.undo()
+    assert five.certificate["method"]["name"] == "affine-lambda/5" and check(five.certificate, m)
+    assert five.margin > four.margin
     now = prove(m, c["prefix"], c["n_free"], **claim)
-    assert now.certificate["method"]["name"] == "affine-lambda/5" and check(now.certificate, m)
-    assert now.margin > four.margin
+    assert now.certificate["method"]["name"] == "affine-lambda/6" and check(now.certificate, m)
+    assert now.margin >= five.margin
     for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate),
-                        ("affine-lambda/4", now.certificate)):
+                        ("affine-lambda/4", five.certificate)):
         with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
             check(_forge(cert, method={**cert["method"], "name": label}), m)
     with pytest.raises(CertificateError, match="unknown method"):
@@ -400,3 +407,45 @@ def test_checker_pooled_max_with_its_float_filter_equals_the_full_arb_maximum():
     Xa, pool = [[arb(6e-24)], [arb(1e300)]], ([arb(1), tiny], [0], [arb(1)], arb(1))
     assert C.pooled_max(Xa, pool)[0] == full(Xa, pool)[0]
     assert C.pooled_max(Xa, pool)[0] >= (tiny * arb(1e300)).lower()
+
+
+def test_norm_directions_raise_a_failing_case_and_are_checked_evidence(models, monkeypatch):
+    # Method /6: a case the first pass (no slopes, no directions) does not prove gets a second pass
+    # with norm directions at the last LayerNorms. On this claim that gives a higher certified margin
+    # than /5, the claim holds by enumeration, the checker accepts the directions, and a certificate
+    # whose directions are changed, malformed or relabelled /5 is rejected.
+    from assay.prove import engine
+
+    m = models["rope-relu"]
+    prefix, suffix, n_free = [3, 2, 3, 2, 3, 3, 4, 5], [0], 2
+    r = prove(m, prefix, n_free, suffix=suffix)
+    assert r.proven and check(r.certificate, m)
+    e = enumerate_claim(m, prefix, n_free, suffix)
+    assert e.argmax_tokens == {r.token} and r.margin <= e.min_margin[r.token]
+    monkeypatch.setattr(engine, "NORM_DIRS", False)
+    five = prove(m, prefix, n_free, suffix=suffix)
+    monkeypatch.undo()
+    assert five.proven and r.margin > five.margin
+    cert = r.certificate
+    i = next(j for j, c in enumerate(cert["cases"]) if c["norm_dirs"])
+    assert set(cert["cases"][i]["norm_dirs"]) <= {"ln2", "final"}
+    # every direction reversed or zero: no bound away from 0 along it, so the case's bound is /5's
+    for change in (lambda v: [-x for x in v], lambda v: [0.0] * len(v)):
+        bad = copy.deepcopy(cert)
+        bad["cases"][i]["norm_dirs"] = {k: change(v) for k, v in cert["cases"][i]["norm_dirs"].items()}
+        with pytest.raises(CertificateError, match="margin|not positive"):
+            check(_forge(bad), m)
+    for site, v in cert["cases"][i]["norm_dirs"].items():
+        assert len(v) == m.cfg.d_model and abs(float(np.linalg.norm(v)) - 1.0) < 1e-9
+        for malformed, msg in ((v[:-1], "norm direction"), ([True] * len(v), "norm direction"),
+                               ([str(x) for x in v], "norm direction")):
+            bad = copy.deepcopy(cert)
+            bad["cases"][i]["norm_dirs"][site] = malformed
+            with pytest.raises(CertificateError, match=msg):
+                check(_forge(bad), m)
+    bad = copy.deepcopy(cert)
+    bad["cases"][i]["norm_dirs"] = {"ln1": next(iter(cert["cases"][i]["norm_dirs"].values()))}
+    with pytest.raises(CertificateError, match="bad norm directions"):
+        check(_forge(bad), m)
+    with pytest.raises(CertificateError, match="not part of this method"):
+        check(_forge(cert, method={**cert["method"], "name": "affine-lambda/5"}), m)

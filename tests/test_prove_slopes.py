@@ -129,7 +129,7 @@ def _forge(cert, case_change):
 def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
     model, r = slope_cert
     cert = r.certificate
-    assert cert["method"]["name"] == "affine-lambda/5"
+    assert cert["method"]["name"] == "affine-lambda/6"
     assert check(cert, model)
     i, j = next((i, j) for i, c in enumerate(cert["cases"]) for j, e in enumerate(c["alpha"]) if e["slopes"])
 

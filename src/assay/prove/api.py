@@ -25,7 +25,7 @@ from assay.prove.engine import CaseResult, Engine, Options
 from assay.prove.weights import CANONICAL_HASH_DOC, extract, model_sha256, state_dict_sha256
 
 FORMAT = "assay-overwhelm-certificate/1"
-METHOD = "affine-lambda/5"
+METHOD = "affine-lambda/6"
 # Numbers written into a certificate are loosened by this much so that the checker, which recomputes
 # them in ball arithmetic, finds them valid; it also rejects any number further than CHECK_TOL away.
 REL_SLACK = 1e-7
@@ -149,21 +149,23 @@ def enumerate_cases(n_free: int, suffix: Sequence[int], allowed: Sequence[int]):
 def run_cases(engine: Engine, n_free: int, c: int, stop_below: float | None = None) -> list[CaseResult]:
     """Every case's bounds (stopping at the first case whose margin is below stop_below, if given).
 
-    Once a case is not proven the claim cannot be, so later cases skip the per-competitor slopes and
-    the per-position caps and score ratios of the attention terms (their bounds stay valid, only less
-    tight): without this an unprovable claim with a free last token would run the slope search in each
-    of its |A| cases per length, and a long unprovable one the ratio bound at every length."""
+    Once a case is not proven the claim cannot be, so later cases skip the per-competitor slopes, the
+    per-position caps and score ratios of the attention terms and method /6's second pass with norm
+    directions (their bounds stay valid, only less tight): without this an unprovable claim with a
+    free last token would run the slope search in each of its |A| cases per length, and a long
+    unprovable one the ratio bound at every length."""
     out = []
+    saved = engine.use_slopes, engine.use_ratios, engine.use_norm_dirs
     try:
         for L, last in enumerate_cases(n_free, list(engine.suffix), list(engine.allowed)):
             r = engine.case(L, last, c)
             out.append(r)
             if not r.margin > 0.0:
-                engine.use_slopes = engine.use_ratios = False
+                engine.use_slopes = engine.use_ratios = engine.use_norm_dirs = False
             if stop_below is not None and not r.margin > stop_below:
                 break
     finally:
-        engine.use_slopes = engine.use_ratios = True
+        engine.use_slopes, engine.use_ratios, engine.use_norm_dirs = saved
     return out
 
 
@@ -220,6 +222,7 @@ def _prove(model, prefix, n_free, suffix, allowed, options, _stop_early) -> Prov
             "refine": [int(k) for k in r.refined],
             "lambda_max": [_loosen_up(x) for x in r.lambdas],
             "alpha": r.alpha,
+            "norm_dirs": None if r.norm_dirs is None else {k: [float(x) for x in v] for k, v in r.norm_dirs.items()},
         }
         for r in cases
     ]

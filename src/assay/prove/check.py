@@ -44,13 +44,16 @@ FORMAT = "assay-overwhelm-certificate/1"
 # pre-activation *set* (ln_preact_set) and the norm bound through an inner product in sigma_range; /4
 # per-competitor ReLU slopes of the last MLP and the tangent bound of the final LayerNorm (evidence
 # "alpha" in the case records, :meth:`Checker.alpha_margin`); /5 per-position attention caps and the
-# score-ratio bound of attention terms (:func:`_ratio_max`).
+# score-ratio bound of attention terms (:func:`_ratio_max`); /6 norm directions at the last LayerNorms
+# (evidence "norm_dirs" in the case records, :func:`norm_lower_bound`).
 METHODS = {
     "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
     "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
     "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True},
     "affine-lambda/4": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True},
     "affine-lambda/5": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True},
+    "affine-lambda/6": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
+                        "norm_dirs": True},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -896,21 +899,25 @@ def ln_rows(X: list[list], w: list | None, b: list | None, eps: arb) -> list[lis
     return out
 
 
-def norm_lower_bound(Y: CSet, lo: list, hi: list, ys: list) -> arb:
+def norm_lower_bound(Y: CSet, lo: list, hi: list, ys: list, direction: list | None = None) -> arb:
+    """A lower bound of |y| over the hull of Y and ys: the distance from 0 to the box [lo, hi], and for
+    n = ys / |ys| (rounded) and ``direction`` (method /6, any vector): the least n . y over the hull
+    divided by an upper bound of |n| (n . y <= |n| |y|), when positive."""
     d = Y.d
     dist = [_emax([lo[j], -hi[j], ZERO]) for j in range(d)]
-    box_lb = _lo(sum((x * x for x in dist), ZERO).sqrt()) if any(x > 0 for x in dist) else ZERO
+    best = [_lo(sum((x * x for x in dist), ZERO).sqrt()) if any(x > 0 for x in dist) else ZERO]
     nrm = math.sqrt(sum(_mid(v) ** 2 for v in ys))
-    dir_lb = ZERO
-    if nrm > 0:
-        n = [_f(_mid(v) / nrm) for v in ys]
+    dirs = ([[_f(_mid(v) / nrm) for v in ys]] if nrm > 0 else []) + (
+        [[_f(float(x)) for x in direction]] if direction is not None else [])
+    for n in dirs:
         A = arb_mat([[x] for x in n])
         lo_n = Y.functional_lower(A, _absmat(A), exact=[0])[0]
         at_ys = _lo(sum((x * y for x, y in zip(n, ys, strict=True)), ZERO))
         m = _emin([lo_n, at_ys])
-        if m > 0:
-            dir_lb = _lo(m / _norm_up(n))
-    return _emax([box_lb, dir_lb])
+        nn = _norm_up(n)
+        if m > 0 and nn > 0:
+            best.append(_lo(m / nn))
+    return _emax(best)
 
 
 def expansion_point(Y: CSet, lo: list, hi: list) -> tuple[list, arb]:
@@ -925,12 +932,14 @@ def expansion_point(Y: CSet, lo: list, hi: list) -> tuple[list, arb]:
     return best
 
 
-def ln_set(X: CSet, w: list | None, b: list | None, eps: arb) -> CSet:
-    return ln_taylor(X, w, b, eps)[0]
+def ln_set(X: CSet, w: list | None, b: list | None, eps: arb, direction: list | None = None) -> CSet:
+    return ln_taylor(X, w, b, eps, direction)[0]
 
 
-def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb) -> tuple[CSet, tuple | None]:
-    """LN's set and, for a Taylor expansion, (Y, y*, sigma*, sig_min, r, id of the remainder ball, eps)."""
+def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb,
+              direction: list | None = None) -> tuple[CSet, tuple | None]:
+    """LN's set and, for a Taylor expansion, (Y, y*, sigma*, sig_min, r, id of the remainder ball, eps);
+    ``direction``: a further direction for :func:`norm_lower_bound` (method /6)."""
     if w is None:
         return X, None
     d = X.d
@@ -939,7 +948,7 @@ def ln_taylor(X: CSet, w: list | None, b: list | None, eps: arb) -> tuple[CSet, 
     ys, r = expansion_point(Y, lo, hi)
     sig = (sum((v * v for v in ys), ZERO) / d + eps).sqrt()
     sqd = arb(d).sqrt()
-    nlb = norm_lower_bound(Y, lo, hi, ys)
+    nlb = norm_lower_bound(Y, lo, hi, ys, direction)
     sig_min = _emax([_lo(eps.sqrt()), _lo(sig - r / sqd), _lo((nlb * nlb / d + eps).sqrt())])
     g = [v / sig for v in ys]
     rho = _up(LN_REMAINDER * r * r / (sqd * sig_min * sig_min))
@@ -1034,12 +1043,13 @@ def norm_upper_bound(Y: CSet, p: list) -> arb:
     return _sqrt_up(2 * _emax([s_hi, ZERO]) + rr * rr - sum((x * x for x in p), ZERO))
 
 
-def sigma_range(Y: CSet, eps: arb, norm_ub: bool = False) -> tuple[arb, arb]:
-    """``norm_ub`` (method /3): also the inner-product norm bound about the box midpoint and the center."""
+def sigma_range(Y: CSet, eps: arb, norm_ub: bool = False, direction: list | None = None) -> tuple[arb, arb]:
+    """``norm_ub`` (method /3): also the inner-product norm bound about the box midpoint and the center;
+    ``direction``: see :func:`norm_lower_bound`."""
     d = Y.d
     lo, hi = Y.coord_bounds()
     ys = [_f(0.5 * (_mid(a) + _mid(c))) for a, c in zip(lo, hi, strict=True)]
-    nlb = norm_lower_bound(Y, lo, hi, ys)
+    nlb = norm_lower_bound(Y, lo, hi, ys, direction)
     big = [_emax([abs(a), abs(c)]) for a, c in zip(lo, hi, strict=True)]
     ubs = [_norm_up(big), _up(_norm_up(ys) + Y.l2_radius(ys))]
     if norm_ub:
@@ -1337,11 +1347,14 @@ class Checker:
     """Re-derives the prover's bounds for one claim, in arb."""
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
-                 preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False):
+                 preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False,
+                 norm_dirs: bool = False):
         cfg = model.cfg
         self.cfg = cfg
         self.alpha = alpha
         self.ratios = ratios
+        self.norm_dirs = norm_dirs
+        self.case_dirs: dict | None = None  # method /6: the norm directions of the case being checked
         self.ln_preact = ln_preact
         self.preact_set = preact_set
         self.norm_ub = norm_ub
@@ -1631,13 +1644,18 @@ class Checker:
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
-        xn, expansion = ln_taylor(src, *lw["ln2"], self.eps)
+        xn, expansion = ln_taylor(src, *lw["ln2"], self.eps, self._direction("ln2") if keep else None)
         P, lo, hi = preacts(xn, lw, expansion if self.ln_preact else None, self.preact_set, self.norm_ub)
         out = mid.add(mlp_out(P, lo, hi, lw, self.act))
         if keep and self.alpha and self.act == "relu":
             out.last_mlp = (mid, P, lo, hi, {})
             out.last_layer = layer
         return out
+
+    def _direction(self, site: str) -> list | None:
+        """The case's norm direction at ``site`` ("ln2": the last MLP's LayerNorm at the last position,
+        "final": the final LayerNorm) under method /6, else None."""
+        return (self.case_dirs or {}).get(site) if self.norm_dirs else None
 
     def final_set(self, L: int, last: int | None):
         nl = self.cfg.n_layers
@@ -1693,9 +1711,10 @@ class Checker:
             paths = [(X, A, absA, bd, None)]
         else:
             w, b = self.lnf
-            Z = ln_set(X, w, b, self.eps)
+            direction = self._direction("final")
+            Z = ln_set(X, w, b, self.eps, direction)
             Y = X.center_coords()
-            s_lo, s_hi = sigma_range(Y, self.eps, self.norm_ub)
+            s_lo, s_hi = sigma_range(Y, self.eps, self.norm_ub, direction)
             paths = [(Z, A, absA, bd, None),
                      (Y, Aw, absAw, [x + y for x, y in zip(bb, bd, strict=True)], (s_lo, s_hi))]
         best = None
@@ -1822,6 +1841,23 @@ def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
             _fail(f"{where}: a neuron has two slopes")
 
 
+def _check_norm_dirs(rec: dict, allowed: bool, cfg) -> None:
+    """The case's norm directions (method /6): None, or a dict with keys among "ln2" and "final", each
+    a list of d_model finite numbers (any vector gives a sound bound, so nothing else needs checking)."""
+    where = f"case {rec['L'], rec['last']}"
+    dirs = rec.get("norm_dirs")
+    if dirs is None:
+        return
+    if not allowed:
+        _fail(f"{where}: norm directions are not part of this method")
+    if not isinstance(dirs, dict) or not set(dirs) <= {"ln2", "final"} or not dirs:
+        _fail(f"{where}: bad norm directions")
+    for v in dirs.values():
+        if not isinstance(v, list) or len(v) != cfg.d_model or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v):
+            _fail(f"{where}: a norm direction must be {cfg.d_model} finite numbers")
+
+
 def check(certificate: Any, model) -> bool:
     """Return True if the certificate proves its claim about this model; raise CertificateError otherwise."""
     cert = certificate
@@ -1917,6 +1953,7 @@ def check(certificate: Any, model) -> bool:
                                             or k == c for k in ref) or ref != sorted(set(ref)):
             _fail(f"case {rec['L'], rec['last']}: bad refine list")
         _check_alpha(rec, METHODS[method["name"]].get("alpha", False), V, c, cfg)
+        _check_norm_dirs(rec, METHODS[method["name"]].get("norm_dirs", False), cfg)
         lam = rec["lambda_max"]
         if not isinstance(lam, list) or len(lam) != cfg.n_heads or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in lam):
@@ -1930,6 +1967,7 @@ def check(certificate: Any, model) -> bool:
     chk = Checker(model, prefix, suffix, allowed, method.get("options", {}), **METHODS[method["name"]])
     for rec in cases:
         where = f"case L={rec['L']} last={rec['last']}"
+        chk.case_dirs = rec.get("norm_dirs")
         X, lams = chk.final_set(rec["L"], rec["last"])
         for claimed, lam in zip(rec["lambda_max"], lams, strict=True):
             if not (arb(float(claimed)) >= _up(lam)) or not _close(float(claimed), lam):

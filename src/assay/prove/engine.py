@@ -104,6 +104,7 @@ class CaseResult:
     refined: list[int]
     lambdas: list[float]  # final layer, last position, per head
     alpha: list[dict] = field(default_factory=list)  # per-competitor slopes (evidence, see Engine.margins)
+    norm_dirs: dict | None = None  # method /6: {"ln2", "final": unit direction} used (evidence, Engine.case)
     margin: float = field(init=False)
     worst: int = field(init=False)
 
@@ -132,6 +133,9 @@ class Options:
                 "max_alpha": self.max_alpha, "alpha_below": self.alpha_below, "alpha_floor": self.alpha_floor}
 
 
+NORM_DIRS = True  # method /6's second pass (Engine.case); off, the engine derives method /5's bounds
+
+
 class Engine:
     """Bounds for one claim (model, prefix, suffix, allowed) at any length 0..n_free."""
 
@@ -151,6 +155,8 @@ class Engine:
         self._free_kv: dict[tuple[int, int], PosKV] = {}
         self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
         self.use_ratios = True  # per-position caps and score ratios of attention terms (likewise)
+        self.use_norm_dirs = NORM_DIRS  # method /6: a second pass with norm directions in failing cases (likewise)
+        self._dirs: dict | None = None  # during that pass: the directions found so far ({} to search)
         self._prefix()
 
     # ------------------------------------------------------------------ exact rows (anchors, variants)
@@ -418,12 +424,23 @@ class Engine:
         if self.cfg.attn_only:
             return mid
         src = X if self.cfg.parallel_attn_mlp else mid
-        xn, expansion = rules.ln_taylor(src, lw.ln2_w, lw.ln2_b, self.W.eps)
+        direction = self._direction("ln2", src) if keep and lw.ln2_w is not None else None
+        xn, expansion = rules.ln_taylor(src, lw.ln2_w, lw.ln2_b, self.W.eps, direction)
         P, lo, hi = rules.preact_set(xn, lw.W_in, lw.b_in, expansion)
         out = mid.add(rules.mlp_from_preacts(P, lo, hi, lw.W_out, lw.b_out, self.act))
         if keep and self.act == "relu" and self.opts.max_alpha > 0:
             out.last_mlp = slopes.LastMLP(mid, P, lo, hi, lw.W_out, lw.b_out)
         return out
+
+    def _direction(self, site: str, X: AffineSet) -> np.ndarray | None:
+        """Method /6, during the second pass of :meth:`case` only: the norm direction of the centred set
+        of X at ``site`` ("ln2": the last MLP's LayerNorm at the last position; "final": the final
+        LayerNorm), given or found by :func:`slopes.min_norm_direction` (and recorded)."""
+        if self._dirs is None:
+            return None
+        if site not in self._dirs:
+            self._dirs[site] = slopes.min_norm_direction(X.center_coords())
+        return self._dirs[site]
 
     def margins(self, X: AffineSet, c: int, refine: list[int] | None = None,
                 alpha: list[dict] | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
@@ -442,9 +459,10 @@ class Engine:
         if W.lnf_w is None:
             paths = [(X, A, Aerr, bd, bderr, None)]
         else:
-            Z = rules.ln_set(X, W.lnf_w, W.lnf_b, W.eps)
+            direction = self._direction("final", X)
+            Z = rules.ln_set(X, W.lnf_w, W.lnf_b, W.eps, direction)
             Y = X.center_coords()
-            s_lo, s_hi = rules.sigma_range(Y, W.eps)
+            s_lo, s_hi = rules.sigma_range(Y, W.eps, direction)
             paths = [(Z, A, Aerr, bd, bderr, None), (Y, Aw, Awerr, bb + bd, bberr + bderr, (s_lo, s_hi))]
 
         def evaluate(cols):
@@ -610,14 +628,41 @@ class Engine:
         return best_val, best_ev
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None,
-             alpha: list[dict] | None = None) -> CaseResult:
-        X, lams = self.final_set(L, last)
-        m, ref, ev = self.margins(X, c, refine, alpha)
-        if not _finite_set(X):
-            # Overflowed bounds (inf/NaN in the set) certify nothing; NaN can vanish in comparisons.
-            m = np.full_like(m, -np.inf)
-            m[c] = np.inf
-        return CaseResult(L, last, m, ref, lams, ev)
+             alpha: list[dict] | None = None, norm_dirs: dict | None = None) -> CaseResult:
+        """The case's bounds. Method /6 (``use_norm_dirs``): a first pass without norm directions or
+        slopes (with slopes if ``alpha_below`` > 0); when it does not prove the case, a second pass
+        with both (the norm directions of :meth:`_direction` at the last LayerNorms), kept if its least
+        margin is higher. ``norm_dirs`` (with ``refine``): re-evaluate with these directions."""
+        def one(dirs):
+            self._dirs = dirs
+            try:
+                X, lams = self.final_set(L, last)
+                m, ref, ev = self.margins(X, c, refine, alpha)
+            finally:
+                self._dirs = None
+            if not _finite_set(X):
+                # Overflowed bounds (inf/NaN in the set) certify nothing; NaN can vanish in comparisons.
+                m = np.full_like(m, -np.inf)
+                m[c] = np.inf
+            kept = {k: v for k, v in (dirs or {}).items() if v is not None} or None
+            return CaseResult(L, last, m, ref, lams, ev, kept)
+
+        if refine is not None:
+            return one(dict(norm_dirs) if norm_dirs else None)
+        if not self.use_norm_dirs:
+            return one(None)
+        # the first pass without the slope search (unless alpha_below asks for it in proven cases too):
+        # a case it proves needs neither; one it does not gets the directions and the slopes together
+        slopes_on = self.use_slopes
+        self.use_slopes = slopes_on and self.opts.alpha_below > 0.0
+        try:
+            r = one(None)
+        finally:
+            self.use_slopes = slopes_on
+        if r.margin > 0.0:
+            return r
+        r2 = one({})
+        return r2 if r2.margin > r.margin else r
 
     def reference_logits(self) -> tuple[np.ndarray, np.ndarray]:
         """Logit bounds (lo, hi) at the last position of s + q (L = 0)."""

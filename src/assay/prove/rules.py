@@ -73,23 +73,27 @@ def ln_points(x: np.ndarray, xerr: np.ndarray, w: np.ndarray | None, b: np.ndarr
     return z, zerr
 
 
-def norm_lower_bound(Y: AffineSet, lo: np.ndarray, hi: np.ndarray, ys: np.ndarray) -> float:
+def norm_lower_bound(Y: AffineSet, lo: np.ndarray, hi: np.ndarray, ys: np.ndarray,
+                     direction: np.ndarray | None = None) -> float:
     """A lower bound of |y|_2 over the convex hull of Y and the point ys (ys inside the box [lo, hi]).
 
-    The larger of: the distance from 0 to the bounding box, and the least extent of the hull along
-    n = ys / |ys| (n . y >= that for every y, so |y| >= it when it is positive).
+    The largest of: the distance from 0 to the bounding box, and the least extent of the hull along
+    n = ys / |ys| and along ``direction`` (method /6; for any vector n, n . y / |n| <= |y|, so |y| is at
+    least the least n . y over the hull over |n| when that is positive).
     """
     dist = np.maximum(np.maximum(lo, -hi), 0.0)
-    box_lb = float(down(math.sqrt(float((dist * dist).sum())), Y.d + 4))
+    best = float(down(math.sqrt(float((dist * dist).sum())), Y.d + 4))
     nrm = float(np.linalg.norm(ys))
-    dir_lb = 0.0
-    if nrm > 0.0:
-        n = ys / nrm
+    dirs = ([ys / nrm] if nrm > 0.0 else []) + ([np.asarray(direction, dtype=np.float64)]
+                                               if direction is not None else [])
+    for n in dirs:
         lo_n, _ = Y.functional_bounds(n[:, None], exact=np.array([0]))
         at_ys = float(down(float(n @ ys) - gamma(Y.d) * nrm * float(np.linalg.norm(n)), 2))
         nn = float(up(np.linalg.norm(n), Y.d + 4))
-        dir_lb = float(down(min(float(lo_n[0]), at_ys) / nn, 2)) if min(float(lo_n[0]), at_ys) > 0 else 0.0
-    return max(box_lb, dir_lb)
+        m = min(float(lo_n[0]), at_ys)
+        if m > 0 and nn > 0:
+            best = max(best, float(down(m / nn, 2)))
+    return best
 
 
 def norm_upper_bound(Y: AffineSet, p: np.ndarray) -> float:
@@ -261,18 +265,20 @@ def ln_preact_set(e: LNExpansion, P: AffineSet, W_in: np.ndarray, b_in: np.ndarr
     return AffineSet(out.center, up(box + TINY, len(extra) + len(terms) + 4), terms)
 
 
-def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float) -> AffineSet:
+def ln_set(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None, eps: float,
+           direction: np.ndarray | None = None) -> AffineSet:
     """A set containing LN(x) for every x in X (see :func:`ln_taylor`)."""
-    return ln_taylor(X, w, b, eps)[0]
+    return ln_taylor(X, w, b, eps, direction)[0]
 
 
 def ln_taylor(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None,
-              eps: float) -> tuple[AffineSet, LNExpansion | None]:
+              eps: float, direction: np.ndarray | None = None) -> tuple[AffineSet, LNExpansion | None]:
     """A set containing LN(x) for every x in X, and the expansion it used (None without one).
 
     Expansion at y* (midpoint of the bounding box of CX): g(y) = g(y*) + J*(y - y*) + R with
     ``|R|_2 <= 0.6 r^2 / (sqrt(d) sigma_min^2)``, r = sup |y - y*|_2, sigma_min a lower bound of sigma
-    on every segment [y*, y] (|D^2 g[h, h]| <= (2/sqrt 3) |h|^2 / (sqrt(d) sigma^2), see docs).
+    on every segment [y*, y] (|D^2 g[h, h]| <= (2/sqrt 3) |h|^2 / (sqrt(d) sigma^2), see docs;
+    ``direction``: a further direction for :func:`norm_lower_bound`, method /6).
     If that remainder exceeds the Lipschitz bound r / sigma_min, the set is the ball g(y*) + B(r /
     sigma_min), or the ball B(sqrt d) that holds every g(y) when that is smaller.
     """
@@ -285,7 +291,7 @@ def ln_taylor(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None,
     sig = math.sqrt(float((ys * ys).mean()) + eps)
     sig_lo = float(down(sig, d + 8))
     sqd = math.sqrt(d)
-    nlb = norm_lower_bound(Y, lo, hi, ys)
+    nlb = norm_lower_bound(Y, lo, hi, ys, direction)
     sig_min = max(
         float(down(math.sqrt(eps), 4)),
         float(down(sig_lo - float(up(r / sqd, 4)), 4)),
@@ -336,12 +342,13 @@ def ln_taylor(X: AffineSet, w: np.ndarray | None, b: np.ndarray | None,
         return out.scale(w).shift(b), LNExpansion(Y, ys, sig, sig_min, r, ball.id, w, b, eps)
 
 
-def sigma_range(Y: AffineSet, eps: float) -> tuple[float, float]:
-    """Bounds sigma_lo <= sqrt(|y|^2/d + eps) <= sigma_hi over a (centred) set Y."""
+def sigma_range(Y: AffineSet, eps: float, direction: np.ndarray | None = None) -> tuple[float, float]:
+    """Bounds sigma_lo <= sqrt(|y|^2/d + eps) <= sigma_hi over a (centred) set Y (``direction``: see
+    :func:`norm_lower_bound`)."""
     d = Y.d
     lo, hi = Y.coord_bounds()
     ys = 0.5 * (lo + hi)
-    nlb = norm_lower_bound(Y, lo, hi, ys)
+    nlb = norm_lower_bound(Y, lo, hi, ys, direction)
     big = np.maximum(np.abs(lo), np.abs(hi))
     # (|ys| + R_ys)^2 >= 2 sup(y.ys) - |ys|^2 + R_ys^2 (Cauchy-Schwarz), so norm_upper_bound(Y, ys) is the
     # triangle-inequality bound at its worst

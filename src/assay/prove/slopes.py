@@ -32,6 +32,8 @@ from assay.prove.fp import U, col_norms, down, gamma, next_up, row_norms, sum_bo
 
 ITERS = 60  # ascent steps of the slope search
 STEP = 0.2  # its first step (normalised), decaying as 1 / sqrt(step number)
+FW_ITERS = 200  # Frank-Wolfe steps of min_norm_direction
+FW_TOL = 1e-6  # ... until its duality gap is below this fraction of |y|^2
 
 
 @dataclass
@@ -264,6 +266,35 @@ def _minimiser(t: Term, x: np.ndarray) -> tuple[float, np.ndarray]:
         vp, cp = _pooled_argmax(t, t.V @ x)
         return (-vm, cm) if vm >= vp else (-vp, -cp)
     return -vm, cm
+
+
+def min_norm_direction(Y: AffineSet, iters: int = FW_ITERS) -> np.ndarray | None:
+    """A direction n (unit, float) along which the set Y's least extent is about its least norm
+    (method /6): Frank-Wolfe on |y|^2 over Y, the linear steps through each term's minimiser
+    (:func:`_minimiser`, the exact hull of the attention rows), with exact line search; of its iterates'
+    directions, the one whose least extent (y . s / |y|, a lower bound of the least norm) is largest.
+    None when no direction bounds |y| away from 0. This only chooses n: the bound through it
+    (rules.norm_lower_bound) is rigorous for any n."""
+    y = Y.center.copy()  # not a point of Y (a block's or pooled term's coefficients sum to 1): the
+    best, best_n = 0.0, None  # first step goes all the way to s, a point of Y, and later ones stay in Y
+    for it in range(iters):
+        nrm = float(np.linalg.norm(y))
+        if not np.isfinite(nrm) or nrm <= 0.0:
+            break
+        s = Y.center - Y.box * np.sign(y)
+        for t in Y.terms:
+            s = s + _minimiser(t, t.M @ y)[1] @ t.M
+        # the least extent along y / |y| (its minimiser is s): the bound this direction gives
+        low = float(y @ s) / nrm
+        if np.isfinite(low) and low > best:
+            best, best_n = low, y / nrm
+        step = s - y
+        gap = float(-(y @ step))  # Frank-Wolfe's duality gap: |y|^2 - min over Y of y . s
+        den = float(step @ step)
+        if not np.isfinite(gap) or gap <= FW_TOL * nrm * nrm or den <= 0.0:
+            break
+        y = s if it == 0 else y + min(gap / den, 1.0) * step
+    return best_n
 
 
 def _float_lower(rec: LastMLP, g: np.ndarray, slopes: np.ndarray, hs: list | None = None,
