@@ -45,6 +45,7 @@ from assay.prove.affine import _exact_support
 from assay.prove.api import reference_token
 from assay.prove.engine import Engine, Options
 from assay.prove.fp import col_norms
+from assay.prove.slopes import set_minimiser
 from assay.prove.weights import extract
 
 
@@ -172,17 +173,6 @@ def main() -> None:
             print(f"{L:>2} {-gap:>8.3f}{'  counterexample ' + str(cex) if cex else ''}", flush=True)
 
 
-def _maximiser(Y, g: np.ndarray) -> np.ndarray:
-    """A point of the set Y (float) where g . y is (about) largest: each term's maximising coefficients."""
-    from assay.prove.slopes import _minimiser
-
-    y = Y.center + Y.box * np.sign(g)
-    for t in Y.terms:
-        _, coef = _minimiser(t, -(t.M @ g))
-        y = y + coef @ t.M
-    return y
-
-
 def exact_preact_ranges(ln, W_in, b_in, lo, hi, rounds: int = 3, iters: int = 25):
     """(lo, hi, attained): the ranges of the pre-activations z_j = a_j . y / sigma(y) + beta_j over the
     LayerNorm's centred input set Y for the neurons whose range [lo, hi] contains 0 (a float diagnostic).
@@ -220,7 +210,7 @@ def exact_preact_ranges(ln, W_in, b_in, lo, hi, rounds: int = 3, iters: int = 25
             u = np.where(ok, uhi, np.inf)
             best = np.minimum(best, u)
             Gm = G - S * np.where(np.isfinite(u), u, 0.0)
-            Ys = np.stack([_maximiser(Y, Gm[:, j]) for j in range(len(cross))], axis=1)
+            Ys = np.stack([set_minimiser(Y, -Gm[:, j]) for j in range(len(cross))], axis=1)
             if rnd == rounds - 1:
                 val = (G * Ys).sum(0) / np.sqrt((Ys * Ys).sum(0) / d + ln.eps)
                 attained.append(float(np.median(val / best)))

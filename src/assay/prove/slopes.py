@@ -268,24 +268,31 @@ def _minimiser(t: Term, x: np.ndarray) -> tuple[float, np.ndarray]:
     return -vm, cm
 
 
+def set_minimiser(Y: AffineSet, g: np.ndarray) -> np.ndarray:
+    """A point of Y (float) where g . y is (about) least: the box corner against g and each term's
+    minimising coefficients (:func:`_minimiser`)."""
+    y = Y.center - Y.box * np.sign(g)
+    for t in Y.terms:
+        y = y + _minimiser(t, t.M @ g)[1] @ t.M
+    return y
+
+
 def min_norm_direction(Y: AffineSet, iters: int = FW_ITERS) -> np.ndarray | None:
     """A direction n (unit, float) along which the set Y's least extent is about its least norm
-    (method /6): Frank-Wolfe on |y|^2 over Y, the linear steps through each term's minimiser
-    (:func:`_minimiser`, the exact hull of the attention rows), with exact line search; of its iterates'
+    (method /6): Frank-Wolfe on |y|^2 over Y, the linear steps through :func:`set_minimiser` (the exact
+    hull of the attention rows), with exact line search, from a point of Y; of its iterates'
     directions, the one whose least extent (y . s / |y|, a lower bound of the least norm) is largest.
     None when no direction bounds |y| away from 0. This only chooses n: the bound through it
     (rules.norm_lower_bound) is rigorous for any n."""
-    y = Y.center.copy()  # not a point of Y (a block's or pooled term's coefficients sum to 1): the
-    best, best_n = 0.0, None  # first step goes all the way to s, a point of Y, and later ones stay in Y
-    for it in range(iters):
+    start = Y.center if np.any(Y.center) else np.ones(Y.d)
+    y = set_minimiser(Y, start)  # a point of Y (the center is not one: coefficients sum to 1)
+    best, best_n = 0.0, None
+    for _ in range(iters):
         nrm = float(np.linalg.norm(y))
         if not np.isfinite(nrm) or nrm <= 0.0:
             break
-        s = Y.center - Y.box * np.sign(y)
-        for t in Y.terms:
-            s = s + _minimiser(t, t.M @ y)[1] @ t.M
-        # the least extent along y / |y| (its minimiser is s): the bound this direction gives
-        low = float(y @ s) / nrm
+        s = set_minimiser(Y, y)
+        low = float(y @ s) / nrm  # the least extent along y / |y| (attained at s): this direction's bound
         if np.isfinite(low) and low > best:
             best, best_n = low, y / nrm
         step = s - y
@@ -293,7 +300,7 @@ def min_norm_direction(Y: AffineSet, iters: int = FW_ITERS) -> np.ndarray | None
         den = float(step @ step)
         if not np.isfinite(gap) or gap <= FW_TOL * nrm * nrm or den <= 0.0:
             break
-        y = s if it == 0 else y + min(gap / den, 1.0) * step
+        y = y + min(gap / den, 1.0) * step
     return best_n
 
 
