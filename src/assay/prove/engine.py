@@ -628,11 +628,11 @@ class Engine:
         return best_val, best_ev
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None,
-             alpha: list[dict] | None = None, norm_dirs: dict | None = None) -> CaseResult:
+             alpha: list[dict] | None = None) -> CaseResult:
         """The case's bounds. Method /6 (``use_norm_dirs``): a first pass without norm directions or
         slopes (with slopes if ``alpha_below`` > 0); when it does not prove the case, a second pass
         with both (the norm directions of :meth:`_direction` at the last LayerNorms), kept if its least
-        margin is higher. ``norm_dirs`` (with ``refine``): re-evaluate with these directions."""
+        margin is higher. With ``refine`` (a re-evaluation): one pass, without directions."""
         def one(dirs):
             self._dirs = dirs
             try:
@@ -647,9 +647,7 @@ class Engine:
             kept = {k: v for k, v in (dirs or {}).items() if v is not None} or None
             return CaseResult(L, last, m, ref, lams, ev, kept)
 
-        if refine is not None:
-            return one(dict(norm_dirs) if norm_dirs else None)
-        if not self.use_norm_dirs:
+        if refine is not None or not self.use_norm_dirs:
             return one(None)
         # the first pass without the slope search (unless alpha_below asks for it in proven cases too):
         # a case it proves needs neither; one it does not gets the directions and the slopes together
