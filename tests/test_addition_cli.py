@@ -105,6 +105,9 @@ def test_analyze_and_train_bad_inputs(models, tmp_path):
     assert_bad_input(run("analyze", str(models / "tiny-add"), "--quick", "--out", str(tmp_path / "occupied")),
                      "refusing")
     assert (tmp_path / "occupied" / "precious.txt").read_text() == "x"
+    assert_bad_input(run("analyze", str(models / "tiny-add"), "--quick", "--out",
+                         str(tmp_path / "occupied" / "precious.txt")), "is not a directory")
+    assert (tmp_path / "occupied" / "precious.txt").read_text() == "x"
     assert_bad_input(run("analyze", str(models / "tiny-add"), "--quick", "--out", str(tmp_path / "r2"),
                          "--compare", str(tmp_path / "occupied")), "no summary.json")
     assert not (tmp_path / "r2").exists()

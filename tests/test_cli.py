@@ -140,6 +140,7 @@ def test_corrupt_certificate_is_one_line(tmp_path, models):
     assert_bad_input(run("check", str(cert), "--model", "tiny", env_models=models), "not a JSON certificate")
 
 
+@pytest.mark.slow  # about a minute: every section on the test models
 def test_demo_writes_a_report_with_every_section(tmp_path, models):
     out = tmp_path / "report"
     p = run("demo", "--out", str(out), "--json", env_models=models)
@@ -150,3 +151,16 @@ def test_demo_writes_a_report_with_every_section(tmp_path, models):
     assert "tiny" in html and "loss=1.5" in html
     assert (out / "figures" / "attention-tiny.png").stat().st_size > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_demo_refuses_an_out_it_would_destroy_before_any_work(tmp_path, models):
+    (tmp_path / "notes.txt").write_text("precious")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "main.py").write_text("precious")
+    for out, needle in ((tmp_path / "notes.txt", "is not a directory"),
+                        (tmp_path / "project", "is not a demo report directory")):
+        p = run("demo", "--out", str(out), env_models=models)
+        assert_bad_input(p, needle)
+        assert "[demo]" not in p.stderr  # refused before the first section started
+    assert (tmp_path / "notes.txt").read_text() == (tmp_path / "project" / "main.py").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]

@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from assay.fileutil import atomic_directory, atomic_write_text
+from assay.errors import BadInput
+from assay.fileutil import atomic_directory, atomic_write_text, check_output_dir
 
 
 def _mode(path) -> int:
@@ -51,3 +52,26 @@ def test_failure_leaves_the_old_directory_and_no_temporary(tmp_path):
         raise RuntimeError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_output_dir_check_refuses_files_and_foreign_directories(tmp_path):
+    (tmp_path / "a-file").write_text("precious")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("precious")
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "index.html").write_text("old report")
+    (tmp_path / "empty").mkdir()
+    for bad, needle in ((tmp_path / "a-file", "is not a directory"),
+                        (tmp_path / "a-file" / "below", "a-file is not a directory"),
+                        (tmp_path / "theirs", "refusing to replace it")):
+        with pytest.raises(BadInput, match=needle):
+            check_output_dir(bad, "index.html")
+    for good in (tmp_path / "new" / "deeper", tmp_path / "ours", tmp_path / "empty"):
+        assert check_output_dir(good, "index.html") == good
+    # without a marker any directory may be replaced, but a file never
+    assert check_output_dir(tmp_path / "theirs") == tmp_path / "theirs"
+    with pytest.raises(BadInput), atomic_directory(tmp_path / "a-file"):
+        pass
+    assert (tmp_path / "a-file").read_text() == "precious"
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty", "ours", "theirs"]

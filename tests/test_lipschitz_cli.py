@@ -109,6 +109,16 @@ def test_save_input_into_a_directory_is_refused(models, tmp_path):
     assert p.returncode == 2 and "directory" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_sweep_refuses_a_file_or_a_foreign_directory_as_out(models, tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "main.py").write_text("precious")
+    for out, needle in ((tmp_path / "notes.txt", "is not a directory"), (tmp_path / "project", "refusing")):
+        p = run("sweep", "--models", f"{models / 'tiny'}:0:1", "--quick", "--n", "4", "--out", str(out))
+        assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert (tmp_path / "notes.txt").read_text() == (tmp_path / "project" / "main.py").read_text() == "precious"
+
+
 def test_sweep_writes_report_figures_and_fits(models, tmp_path):
     out = tmp_path / "sweep"
     d = one_json(run("sweep", "--models", f"{models / 'tiny'}:0:1", "--quick", "--n", "4", "--steps", "2",

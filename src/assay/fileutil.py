@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from assay.errors import BadInput
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -34,10 +36,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return target
 
 
+def check_output_dir(path: str | os.PathLike, marker: str | None = None, what: str = "report") -> Path:
+    """``path`` as a Path if a directory of results may be written there; BadInput otherwise.
+
+    Allowed: a path that does not exist yet (no ancestor a file), an empty directory, or, when
+    ``marker`` is given, a directory holding that file (an earlier result of the same kind, which
+    :func:`atomic_directory` replaces). Anything else (a file, a directory of other things) is
+    refused, so a mistyped ``--out`` never replaces someone's data. Commands call it before their slow
+    work, so that a bad ``--out`` fails at once, not after minutes."""
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise BadInput(f"{target}: exists and is not a directory")
+        if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
+            raise BadInput(f"{target}: exists and is not a {what} directory; refusing to replace it")
+        return target
+    for parent in target.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"{target}: {parent} is not a directory")
+            break
+    return target
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``path`` only if the block finishes without error."""
-    target = Path(path)
+    target = check_output_dir(path)  # never a file
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

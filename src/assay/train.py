@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 import assay
 from assay.errors import BadInput
+from assay.fileutil import check_output_dir
 from assay.model import ModelConfig, Transformer, models_dir, save
 from assay.recipes import IGNORE, Recipe, TrainParams, get_recipe
 
@@ -235,8 +236,7 @@ def train(
         raise BadInput(f"bad override: {e}") from None
     recipe = dataclasses.replace(recipe, train=p)
     out = Path(out) if out is not None else models_dir() / recipe.name
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise BadInput(f"{out}: exists and is not a model directory; refusing to replace it")
+    check_output_dir(out, "config.json", "model")
     run_dir = run_dir_for(out)
     ckpt_file = run_dir / CHECKPOINT
     params = _jsonable(recipe.params())

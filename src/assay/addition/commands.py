@@ -6,6 +6,7 @@ import argparse
 
 from assay.cli import Outcome, command, load_model, nonneg_int, pos_int
 from assay.errors import BadInput
+from assay.fileutil import check_output_dir
 
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:
@@ -134,8 +135,7 @@ def analyze_cmd(args: argparse.Namespace) -> Outcome:
     if args.n is not None:
         sizes = dataclasses.replace(sizes, n_random=args.n)
     out = Path(args.out) if args.out else Path(f"addition-analysis-{Path(str(args.model)).name}")
-    if out.exists() and not (out / "report.md").is_file() and any(out.iterdir()):
-        raise BadInput(f"{out}: exists and is not an addition report directory; refusing to replace it")
+    check_output_dir(out, "report.md", "addition report")
     s = analyze(args.model, out, sizes=sizes, seed=args.seed, compare=args.compare)
     fa = s["failures"]
     data = {

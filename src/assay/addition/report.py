@@ -22,7 +22,7 @@ import numpy as np
 from assay.addition import ablation, attention, failures, figures, probes, rules
 from assay.addition.evaluate import n_digits_of
 from assay.addition.training import DIGIT_LOG, digit_log_gaps, logged_prefix, read_digit_log
-from assay.fileutil import atomic_directory, atomic_write_text
+from assay.fileutil import atomic_directory, atomic_write_text, check_output_dir
 from assay.tasks import addition
 
 
@@ -282,6 +282,8 @@ def analyze(model_ref: str, out: str | Path, sizes: Sizes = Sizes(), seed: int =
     """
     from assay.cli import load_model
     from assay.model import load_card
+
+    check_output_dir(out, "report.md", "addition report")  # before the slow part
 
     t_start = time.perf_counter()
     model = load_model(model_ref)

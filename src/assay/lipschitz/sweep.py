@@ -231,8 +231,9 @@ def run_sweep(out: str | Path, quick: bool = False, configs: str | None = None, 
     The summary has ``report`` (index.html), ``results`` (results.json), ``fits`` ({curve: fit}) and
     ``skipped`` (configurations that could not run, with the reason).
     """
-    from assay.fileutil import atomic_directory
+    from assay.fileutil import atomic_directory, check_output_dir
 
+    check_output_dir(out, "results.json", "sweep report")  # before the slow part
     t0 = time.perf_counter()
     plan = dict(plan or _plan(quick))
     if max_n is not None:

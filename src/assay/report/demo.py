@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assay.fileutil import atomic_directory
+from assay.fileutil import atomic_directory, check_output_dir
 from assay.report.html import esc, figure, page, table
 
 # (key, title, module providing ``section(ctx)``, issue that tracks it)
@@ -117,7 +117,7 @@ def build(out: str | Path) -> dict[str, Any]:
     The summary has ``index`` (path of index.html), ``sections`` ({key: "ok" | "not yet"}) and ``seconds``.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = check_output_dir(out, "index.html", "demo report")
     status: dict[str, str] = {}
     with atomic_directory(out) as tmp:
         ctx = DemoContext(out=tmp, fig_dir=tmp / "figures")
