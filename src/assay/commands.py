@@ -270,7 +270,9 @@ for _cap in ("lipschitz", "erasure", "addition", "saturation"):
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo", metavar="DIR", help="output directory (default ./demo)")
+    p.add_argument("--out", default="demo", metavar="DIR",
+                   help="output directory (default ./demo): an earlier demo report there is replaced; "
+                        "a file or any other non-empty directory is refused")
 
 
 @command("demo", help="the main job on shipped models: one section per paper, figures, index.html",
