@@ -325,13 +325,20 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     assert four.margin >= new.margin
     monkeypatch.setattr(api, "METHOD", "affine-lambda/5")
     monkeypatch.setattr(engine, "NORM_DIRS", False)
+    monkeypatch.setattr(engine, "GAMMA", False)
     five = prove(m, c["prefix"], c["n_free"], **claim)
     monkeypatch.undo()
     assert five.certificate["method"]["name"] == "affine-lambda/5" and check(five.certificate, m)
     assert five.margin > four.margin
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/6")
+    monkeypatch.setattr(engine, "GAMMA", False)
+    six = prove(m, c["prefix"], c["n_free"], **claim)
+    monkeypatch.undo()
+    assert six.certificate["method"]["name"] == "affine-lambda/6" and check(six.certificate, m)
+    assert six.margin >= five.margin
     now = prove(m, c["prefix"], c["n_free"], **claim)
-    assert now.certificate["method"]["name"] == "affine-lambda/6" and check(now.certificate, m)
-    assert now.margin >= five.margin
+    assert now.certificate["method"]["name"] == "affine-lambda/7" and check(now.certificate, m)
+    assert now.margin >= six.margin
     for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate),
                         ("affine-lambda/4", five.certificate)):
         with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
@@ -423,6 +430,7 @@ def test_norm_directions_raise_a_failing_case_and_are_checked_evidence(models, m
     e = enumerate_claim(m, prefix, n_free, suffix)
     assert e.argmax_tokens == {r.token} and r.margin <= e.min_margin[r.token]
     monkeypatch.setattr(engine, "NORM_DIRS", False)
+    monkeypatch.setattr(engine, "GAMMA", False)
     five = prove(m, prefix, n_free, suffix=suffix)
     monkeypatch.undo()
     assert five.proven and r.margin > five.margin

@@ -129,7 +129,7 @@ def _forge(cert, case_change):
 def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
     model, r = slope_cert
     cert = r.certificate
-    assert cert["method"]["name"] == "affine-lambda/6"
+    assert cert["method"]["name"] == "affine-lambda/7"
     assert check(cert, model)
     i, j = next((i, j) for i, c in enumerate(cert["cases"]) for j, e in enumerate(c["alpha"]) if e["slopes"])
 
@@ -334,3 +334,99 @@ def test_convexity_bound_is_exact_at_the_vertices_of_one_row_term():
     truth = -max(-w_neg @ np.maximum(p0 + x, 0.0) for x in [0.7 * e for e in E] + [np.zeros(m)])
     assert b <= truth + 1e-9
     assert b == pytest.approx(truth, abs=1e-6)
+
+
+def test_tangent_bound_holds_for_every_weight_of_sigma():
+    # Method /7: on the tangent path, (F . y) / sigma + beta >= N_gamma / sigma_(hi or lo) + beta - gamma
+    # for *any* gamma >= 0. Each competitor's bound at gammas far on both sides of the chosen one (and
+    # the chosen one) against its true least logit difference over every string of the case.
+    model = toy_model(0, qk=0.3, unembed=1.0, positional="rotary")
+    W = extract(model)
+    V = model.cfg.d_vocab
+    rng = np.random.default_rng(7)
+    n_checked = n_gamma_best = 0
+    for _ in range(5):
+        prefix = rng.integers(0, V, size=int(rng.integers(3, 12))).tolist()
+        suffix = rng.integers(0, V, size=1).tolist()
+        c = reference_token(model, prefix, suffix)
+        eng = Engine(W, prefix, suffix, np.arange(V), Options())
+        for L in (1, 2):
+            X, _ = eng.final_set(L, None)
+            Y = X.center_coords()
+            sc = eng_slope_case(eng, X, Y)
+            _, _, bd, bderr, Aw, Awerr, bb, bberr = eng._unembed_differences(c)
+            truth = _true_margins(model, prefix, suffix, L, None, range(V), c)
+            for k in (k for k in range(V) if k != c):
+                F, Ferr, beta, berr = Aw[:, k], Awerr[:, k], bb[k] + bd[k], bberr[k] + bderr[k]
+                val, ev = eng._best_alpha(sc, F, Ferr, beta, berr)
+                assert val <= truth[k] + 1e-9
+                s, shift = sc.evidence_slopes(ev)
+                chosen = ev.get("gamma", 0.0)
+                n_gamma_best += "gamma" in ev
+                for gam in (0.0, 0.5 * chosen, chosen, 2.0 * chosen + 0.1, 10.0, 1e3):
+                    b = eng._alpha_bound(sc, "tan", F, Ferr, beta, berr, s, shift, gam)
+                    assert b <= truth[k] + 1e-9, (prefix, suffix, L, k, gam, b, truth[k])
+                    n_checked += 1
+                assert eng._alpha_bound(sc, "tan", F, Ferr, beta, berr, s, shift, -0.1) == -np.inf
+    assert n_checked >= 100 and n_gamma_best >= 1
+
+
+def eng_slope_case(eng, X, Y):
+    from assay.prove.engine import SlopeCase
+
+    return SlopeCase.of(X, Y, rules.sigma_range(Y, eng.W.eps), eng.W.eps)
+
+
+def test_weight_of_sigma_raises_margins_and_is_checked_evidence(monkeypatch):
+    # Method /7 against /6 (GAMMA off) on the same claims: never lower, higher on some; the certificate
+    # checks, the claims hold by enumeration, and a changed, negative, misplaced or relabelled gamma is
+    # rejected.
+    from assay.prove import engine
+    from assay.prove.bruteforce import enumerate_claim
+
+    model = toy_model(0, qk=0.3, unembed=1.0, positional="rotary")
+    rng = np.random.default_rng(3)
+    V = model.cfg.d_vocab
+    found = None
+    n_higher = 0
+    for n_free in itertools.islice(itertools.cycle((1, 2)), 60):
+        if found is not None and n_higher:
+            break
+        prefix = rng.integers(0, V, size=int(rng.integers(4, 14))).tolist()
+        suffix = rng.integers(0, V, size=1).tolist()
+        opts = Options(alpha_below=1e9)
+        r = prove(model, prefix, n_free, suffix=suffix, options=opts)
+        monkeypatch.setattr(engine, "GAMMA", False)
+        r6 = prove(model, prefix, n_free, suffix=suffix, options=opts)
+        monkeypatch.undo()
+        assert r.best_margin >= r6.best_margin - 1e-12
+        higher = r.best_margin > r6.best_margin + 1e-9
+        n_higher += higher
+        if found is None and r.proven and any("gamma" in ev and ev["k"] == case["worst"]
+                                              for case in r.certificate["cases"] for ev in case["alpha"]):
+            found = r
+    assert n_higher >= 1 and found is not None
+    cert = found.certificate
+    assert cert["method"]["name"] == "affine-lambda/7" and check(cert, model)
+    e = enumerate_claim(model, cert["prefix"], cert["n_free"], cert["suffix"])
+    assert e.argmax_tokens == {found.token} and found.margin <= e.min_margin[found.token]
+    # the record of a case's worst competitor, on the tangent path with its gamma
+    i, j = next((i, j) for i, case in enumerate(cert["cases"]) for j, ev in enumerate(case["alpha"])
+                if "gamma" in ev and ev["k"] == case["worst"])
+
+    def set_gamma(v):
+        def change(c):
+            c["cases"][i]["alpha"][j]["gamma"] = v
+        return change
+
+    def to_quot(c):
+        c["cases"][i]["alpha"][j]["path"] = "quot"
+
+    g = cert["cases"][i]["alpha"][j]["gamma"]
+    for change, msg in ((set_gamma(-1.0), "gamma must be"), (set_gamma(float("nan")), "gamma must be|JSON|finite"),
+                        (set_gamma("1"), "gamma must be"), (to_quot, "tangent path only"),
+                        (set_gamma(g + 5.0), "margin|recomputed|not positive")):
+        with pytest.raises((CertificateError, ValueError), match=msg):
+            check(_forge(cert, change), model)
+    with pytest.raises(CertificateError, match="not part of this method"):
+        check(_forge(cert, lambda c: c["method"].update(name="affine-lambda/6")), model)

@@ -45,7 +45,8 @@ FORMAT = "assay-overwhelm-certificate/1"
 # per-competitor ReLU slopes of the last MLP and the tangent bound of the final LayerNorm (evidence
 # "alpha" in the case records, :meth:`Checker.alpha_margin`); /5 per-position attention caps and the
 # score-ratio bound of attention terms (:func:`_ratio_max`); /6 norm directions at the last LayerNorms
-# (evidence "norm_dirs" in the case records, :func:`norm_lower_bound`).
+# (evidence "norm_dirs" in the case records, :func:`norm_lower_bound`); /7 a weight "gamma" of sigma
+# on the tangent path of the slope evidence (:meth:`Checker.alpha_margin`).
 METHODS = {
     "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
     "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
@@ -54,6 +55,8 @@ METHODS = {
     "affine-lambda/5": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True},
     "affine-lambda/6": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
                         "norm_dirs": True},
+    "affine-lambda/7": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
+                        "norm_dirs": True, "gamma": True},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -1348,7 +1351,7 @@ class Checker:
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
                  preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False,
-                 norm_dirs: bool = False):
+                 norm_dirs: bool = False, gamma: bool = False):
         cfg = model.cfg
         self.cfg = cfg
         self.alpha = alpha
@@ -1735,35 +1738,48 @@ class Checker:
                 F = [Aw[i, k] for i in range(Aw.nrows())]
                 beta = bb[k] + bd[k]
                 val = self.alpha_margin(last, lw, Y, F, beta, (s_lo, s_hi), ev["path"], dict(ev["slopes"]),
-                                        set(ev["shift"]))
+                                        set(ev["shift"]), ev.get("gamma"))
                 best[k] = _emax([best[k], val])
         best[c] = None
         return best
 
     def alpha_margin(self, last: tuple, lw: dict, Y: CSet, F: list, beta: arb, sig: tuple, path: str,
-                     slopes: dict, shift: set) -> arb:
+                     slopes: dict, shift: set, gamma: float | None = None) -> arb:
         """A lower bound of (F . y) / sigma(y) + beta over the centred final residuals y, from
         :func:`slopes_lower`. "quot": min(F . y) / sigma_(hi or lo) + beta. "tan": sigma(y) >= u . y + c0
-        with u = ys / (d S), c0 = eps / S, S >= sigma(ys) (Cauchy-Schwarz: |(u sqrt d, c0 / sqrt eps)| <= 1),
-        so for beta >= beta_lo > 0, F . y + beta sigma(y) >= (F + beta_lo u) . y + beta_lo c0 =: N and the
-        margin (F . y + beta sigma) / sigma is at least N / sigma_hi (N >= 0) or N / sigma_lo."""
+        with u = ys / (d S), c0 = eps / S, S >= sigma(ys) (Cauchy-Schwarz: |(u sqrt d, c0 / sqrt eps)| <= 1).
+        With ``gamma`` >= 0 (method /7): (F . y) / sigma + beta = (F . y + gamma sigma) / sigma + beta -
+        gamma, F . y + gamma sigma >= (F + gamma u) . y + gamma c0 =: N, so the margin is at least
+        N / sigma_hi (N >= 0) or N / sigma_lo, plus beta - gamma. Without it (methods /4 to /6): gamma is
+        beta_lo, which must be > 0, and beta - beta_lo >= 0 is dropped."""
         if path == "quot":
             lo = slopes_lower(last, lw, F, slopes, shift)
             return _lo((lo / sig[1] if lo >= 0 else lo / sig[0]) + beta)
+        if gamma is not None:
+            g = arb(gamma)  # a float: exact
+            cache = last[4]
+            u, c0 = self._tangent(Y, cache)
+            F2 = [f + g * x for f, x in zip(F, u, strict=True)]
+            N = slopes_lower(last, lw, F2, slopes, shift) + g * c0
+            return _lo((N / sig[1] if N >= 0 else N / sig[0]) + beta - g)
         beta_lo = _lo(beta)
         if not beta_lo > 0:
             return arb("-inf")
-        cache = last[4]
-        if "tangent" not in cache:  # the same for every competitor of the case
+        u, c0 = self._tangent(Y, last[4])
+        F2 = [f + beta_lo * x for f, x in zip(F, u, strict=True)]
+        N = slopes_lower(last, lw, F2, slopes, shift) + beta_lo * c0
+        return _lo(N / sig[1]) if N >= 0 else _lo(N / sig[0])
+
+    def _tangent(self, Y: CSet, cache: dict) -> tuple[list, arb]:
+        """(u, c0) of the tangent plane of sigma at the midpoint ys of Y's box (the same for every
+        competitor of the case, kept in ``cache``)."""
+        if "tangent" not in cache:
             blo, bhi = Y.coord_bounds()
             ys = [_f(0.5 * (_mid(a) + _mid(b))) for a, b in zip(blo, bhi, strict=True)]
             d = len(ys)
             S = _up((sum((y * y for y in ys), ZERO) / d + self.eps).sqrt())
             cache["tangent"] = ([y / (d * S) for y in ys], self.eps / S)
-        u, c0 = cache["tangent"]
-        F2 = [f + beta_lo * x for f, x in zip(F, u, strict=True)]
-        N = slopes_lower(last, lw, F2, slopes, shift) + beta_lo * c0
-        return _lo(N / sig[1]) if N >= 0 else _lo(N / sig[0])
+        return cache["tangent"]
 
 
 # =========================================================================================== check
@@ -1801,10 +1817,11 @@ def _close(claimed: float, exact: arb) -> bool:
     return abs(claimed - _mid(exact)) <= TOL * (1.0 + abs(claimed))
 
 
-def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
+def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg, gamma: bool = False) -> None:
     """The case's per-competitor slopes (method /4): a list of {"k", "path", "slopes", "shift"} with
     distinct competitors k != c, path "quot" or "tan", [neuron, slope] pairs with distinct neurons and
-    0 <= slope <= 1, and distinct neurons in shift (any such slopes and shift are sound, so nothing else
+    0 <= slope <= 1, and distinct neurons in shift; with ``gamma`` (method /7) a "tan" record may also
+    carry "gamma", a finite number >= 0 (any such slopes, shift and gamma are sound, so nothing else
     needs checking)."""
     where = f"case {rec['L'], rec['last']}"
     if not allowed:
@@ -1818,8 +1835,17 @@ def _check_alpha(rec: dict, allowed: bool, V: int, c: int, cfg) -> None:
         _fail(f"{where}: per-competitor slopes need a ReLU MLP and a final LayerNorm")
     seen = set()
     for e in ev:
-        if not isinstance(e, dict) or set(e) != {"k", "path", "slopes", "shift"}:
+        keys = {"k", "path", "slopes", "shift"}
+        if not isinstance(e, dict) or not (set(e) == keys or set(e) == keys | {"gamma"}):
             _fail(f"{where}: bad per-competitor slope record")
+        if "gamma" in e:
+            if not gamma:
+                _fail(f"{where}: a weight gamma of sigma is not part of this method")
+            if e["path"] != "tan":
+                _fail(f"{where}: gamma belongs to the tangent path only")
+            g = e["gamma"]
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not g >= 0:
+                _fail(f"{where}: gamma must be a finite number >= 0")
         shift = e["shift"]
         if not isinstance(shift, list) or any(
                 isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < cfg.d_mlp for n in shift) or (
@@ -1952,7 +1978,8 @@ def check(certificate: Any, model) -> bool:
         if not isinstance(ref, list) or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < V
                                             or k == c for k in ref) or ref != sorted(set(ref)):
             _fail(f"case {rec['L'], rec['last']}: bad refine list")
-        _check_alpha(rec, METHODS[method["name"]].get("alpha", False), V, c, cfg)
+        _check_alpha(rec, METHODS[method["name"]].get("alpha", False), V, c, cfg,
+                     METHODS[method["name"]].get("gamma", False))
         _check_norm_dirs(rec, METHODS[method["name"]].get("norm_dirs", False), cfg)
         lam = rec["lambda_max"]
         if not isinstance(lam, list) or len(lam) != cfg.n_heads or not all(

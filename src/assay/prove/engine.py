@@ -134,6 +134,7 @@ class Options:
 
 
 NORM_DIRS = True  # method /6's second pass (Engine.case); off, the engine derives method /5's bounds
+GAMMA = True  # method /7's weight of sigma on the tangent path (Engine._best_alpha); off, method /6's bounds
 
 
 class Engine:
@@ -156,6 +157,7 @@ class Engine:
         self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
         self.use_ratios = True  # per-position caps and score ratios of attention terms (likewise)
         self.use_norm_dirs = NORM_DIRS  # method /6: a second pass with norm directions in failing cases (likewise)
+        self.use_gamma = GAMMA  # method /7: the tangent path's weight of sigma searched (Engine._best_alpha)
         self._dirs: dict | None = None  # during that pass: the directions found so far ({} to search)
         self._prefix()
 
@@ -494,7 +496,8 @@ class Engine:
                 for ev in alpha:
                     k = ev["k"]
                     out[k] = max(out[k], self._alpha_bound(sc, ev["path"], Aw[:, k], Awerr[:, k], bb[k] + bd[k],
-                                                           bberr[k] + bderr[k], *sc.evidence_slopes(ev)))
+                                                           bberr[k] + bderr[k], *sc.evidence_slopes(ev),
+                                                           ev.get("gamma")))
             return out, list(refine), list(alpha or [])
         # Refine the n_refine worst competitors and every other non-positive one (at most max_refine),
         # then keep refining every unrefined competitor whose cheap bound is at or below the current minimum:
@@ -560,24 +563,33 @@ class Engine:
         return best, np.flatnonzero(needed).tolist(), evidence
 
     def _alpha_bound(self, sc: SlopeCase, path: str, F, Ferr, beta: float, betaerr: float, s: np.ndarray,
-                     shift: np.ndarray) -> float:
+                     shift: np.ndarray, gamma: float | None = None) -> float:
         """Lower bound of the margin against one competitor by the slope bound with slopes ``s`` and the
         ``shift`` mask (slopes.lower_bound): F = w * (W_U[:, c] - W_U[:, k]) within Ferr, beta =
         b . (W_U[:, c] - W_U[:, k]) + db_U within betaerr. ``path``: "quot" (the quotient bound) or "tan"
-        (the tangent bound; -inf unless beta > 0 and the tangent plane was verified)."""
+        (the tangent bound; -inf unless the tangent plane was verified). On "tan", ``gamma`` (>= 0, method
+        /7) is the weight of sigma: (F . y) / sigma + beta >= N / sigma_(hi or lo) + beta - gamma with N the
+        lower bound of (F + gamma u) . y + gamma c0, for every gamma >= 0: (F . y) / sigma + beta =
+        (F . y + gamma sigma) / sigma + beta - gamma, and F . y + gamma sigma >= (F + gamma u) . y + gamma c0
+        since sigma(y) >= u . y + c0. Without ``gamma`` it is beta's lower end (method /4: -inf unless
+        that is > 0) and the term beta - gamma >= 0 is dropped."""
         sig = sc.sig
         beta_lo = float(sum_bounds([np.array([beta]), -np.array([betaerr])])[0][0])
         if path == "quot":
             lo = slopes.lower_bound(sc.rec, F, Ferr, s, sc.xabs, shift)
             q = np.nextafter(lo / (sig[1] if lo >= 0 else sig[0]), -np.inf)
             return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr])])[0][0])
-        if sc.tangent is None or not beta_lo > 0:
+        if sc.tangent is None or (gamma is None and not beta_lo > 0) or (gamma is not None and not gamma >= 0):
             return -np.inf
+        gam = beta_lo if gamma is None else float(gamma)
         u, c0 = sc.tangent
-        F2, F2err = slopes.with_tangent(F, Ferr, beta_lo, u)
+        F2, F2err = slopes.with_tangent(F, Ferr, gam, u)
         N = float(sum_bounds([np.array([slopes.lower_bound(sc.rec, F2, F2err, s, sc.xabs, shift)]),
-                              np.array([np.nextafter(beta_lo * c0, -np.inf)])])[0][0])
-        return float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf))
+                              np.array([np.nextafter(gam * c0, -np.inf)])])[0][0])
+        q = float(np.nextafter(N / (sig[1] if N >= 0 else sig[0]), -np.inf))
+        if gamma is None:
+            return q
+        return float(sum_bounds([np.array([q]), np.array([beta]), -np.array([betaerr]), -np.array([gam])])[0][0])
 
     def _unembed_differences(self, c: int):
         """A = W_U[:, c] - W_U[:, k] per column and bd = b_U[c] - b_U (floats within Aerr, bderr of the
@@ -611,20 +623,32 @@ class Engine:
         searched slopes of the neurons that use them (none: the chord's) and the shifted neurons."""
         rec = sc.rec
         best_val, best_ev = -np.inf, None
-        used = np.flatnonzero(rec.crossing() & (rec.W_out @ (F - F.mean()) >= 0)) if search else []
+        chord = sc.chord()
         for path in ("quot", "tan"):
             Fp = F
+            gam0 = max(beta - betaerr, 0.0)
             if path == "tan":
-                if sc.tangent is None or not beta - betaerr > 0:
+                if sc.tangent is None or not (self.use_gamma or gam0 > 0):
                     continue
-                Fp = F + (beta - betaerr) * sc.tangent[0]
+                Fp = F + gam0 * sc.tangent[0]
             s = slopes.choose_slopes(rec, Fp) if search else sc.chord()
             shift = slopes.choose_shift(rec, Fp, s)
-            val = self._alpha_bound(sc, path, F, Ferr, beta, betaerr, s, shift)
-            if val > best_val:
-                best_val = val
-                best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in used],
-                           "shift": np.flatnonzero(shift & rec.crossing()).tolist()}
+            gammas: list[float | None] = [None]
+            if path == "tan" and self.use_gamma:
+                u, c0 = sc.tangent
+                # about sigma at the tangent point: u = y* / (d S), c0 = eps / S, so u . y* + c0 = S
+                S = self.W.eps / c0 if c0 > 0 else float("nan")
+                gammas = [gam0, slopes.choose_gamma(rec, F, u, c0, s, shift, gam0, S)]
+            for gam in gammas:
+                val = self._alpha_bound(sc, path, F, Ferr, beta, betaerr, s, shift, gam)
+                if val > best_val:
+                    best_val = val
+                    # every slope that differs from the chord's (those the bound used are among them)
+                    used = np.flatnonzero(rec.crossing() & (s != chord))
+                    best_ev = {"path": path, "slopes": [[int(n), float(s[n])] for n in used],
+                               "shift": np.flatnonzero(shift & rec.crossing()).tolist()}
+                    if gam is not None:
+                        best_ev["gamma"] = gam
         return best_val, best_ev
 
     def case(self, L: int, last: int | None, c: int, refine: list[int] | None = None,

@@ -378,6 +378,42 @@ def choose_shift(rec: LastMLP, F: np.ndarray, slopes: np.ndarray) -> np.ndarray:
     return best
 
 
+GAMMA_ITERS = 8  # secant steps of choose_gamma
+
+
+def choose_gamma(rec: LastMLP, F: np.ndarray, u: np.ndarray, c0: float, slopes: np.ndarray,
+                 shift: np.ndarray, gamma0: float, slope0: float) -> float:
+    """A weight gamma >= 0 of sigma for the fractional form of the final LayerNorm's quotient (method
+    /7): the margin (F . y) / sigma(y) + beta is at least beta - gamma + N_gamma / sigma_(hi or lo) for
+    *every* gamma >= 0, N_gamma a lower bound of (F + gamma u) . y + gamma c0 (sigma >= u . y + c0), and
+    that is largest about where N_gamma = 0 (Dinkelbach's root; each side of it the sigma range's end
+    that divides N loses). Secant steps on the float bound of :func:`lower_bound` from gamma0, the
+    first with slope0 (about sigma at the tangent point); the result only chooses gamma, any is sound."""
+    def n_of(gam: float) -> float:
+        g = F + gam * u
+        return float(_float_lower(rec, g - g.mean(), slopes, shift=shift)[0]) + gam * c0
+
+    gam, n = gamma0, n_of(gamma0)
+    best_gam, best_abs = gam, abs(n)
+    slope = slope0
+    for _ in range(GAMMA_ITERS):
+        if not (np.isfinite(n) and np.isfinite(slope) and slope > 0.0):
+            break
+        new = max(gam - n / slope, 0.0)
+        if new == gam:
+            break
+        n_new = n_of(new)
+        if not np.isfinite(n_new):
+            break
+        slope = (n_new - n) / (new - gam)  # N grows with gamma (by about sigma at the minimiser)
+        gam, n = new, n_new
+        if abs(n) < best_abs:
+            best_gam, best_abs = gam, abs(n)
+        if abs(n) <= 1e-9 * (1.0 + abs(gam)):
+            break
+    return float(best_gam)
+
+
 def with_tangent(F: np.ndarray, Ferr: np.ndarray, beta_lo: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """fl(F + beta_lo u) and its error bound (Ferr plus the rounding of the product and the sum)."""
     bu = beta_lo * u
