@@ -683,8 +683,8 @@ def test_checker_ln_preact_bounds_and_set_contain_samples_and_match_the_prover(k
 def test_position_buckets_take_the_largest_scale_of_each_run_of_positions():
     rng = np.random.default_rng(21)
     per = [rng.uniform(0, 1, 5) for _ in range(11)]
-    S, counts = rules.position_buckets(per)
-    assert S.shape == (rules.POSITION_BUCKETS, 5) and counts.sum() == 11
+    S, counts = rules.position_buckets(per, 8)
+    assert S.shape == (8, 5) and counts.sum() == 11
     ends = np.cumsum(counts).astype(int)
     for q, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)):
         assert b > a and np.array_equal(S[q], np.max(per[a:b], axis=0))
@@ -692,6 +692,13 @@ def test_position_buckets_take_the_largest_scale_of_each_run_of_positions():
     assert np.array_equal(S3, np.stack(per[:3])) and c3.tolist() == [1, 1, 1]
     assert rules.position_buckets([per[0]] * 4) is None  # same scales everywhere: the group's vector
     assert rules.position_buckets(per[:1]) is None
+    S32, c32 = rules.position_buckets(per, 32)  # method /8: up to 32 runs, here one per position
+    assert np.array_equal(S32, np.stack(per)) and c32.tolist() == [1] * 11
+    Rlo, Rhi, rc = rules.ratio_buckets(per, [x + 1 for x in per], 4)
+    ends = np.cumsum(rc).astype(int)
+    assert rc.sum() == 11 and len(rc) == 4
+    for q, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)):
+        assert np.array_equal(Rlo[q], np.min(per[a:b], axis=0)) and np.array_equal(Rhi[q], np.max(per[a:b], axis=0) + 1)
 
 
 def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkeypatch):
@@ -712,7 +719,7 @@ def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkey
     for caps, ratios in ((False, False), (True, False), (True, True)):
         with monkeypatch.context() as mp:
             if not caps:
-                mp.setattr(rules, "position_buckets", lambda per: None)
+                mp.setattr(rules, "position_buckets", lambda per, runs=8: None)
             if not ratios:
                 mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)  # no ratio ranges
             runs.append([prove(model, p, n, suffix=q) for p, n, q in claims])

@@ -280,7 +280,8 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     # /1 (earlier versions): no LayerNorm pre-activation ranges; /2 added them; /3 the pre-activation set
     # and the inner-product norm bound; /4 per-competitor slopes where /3 does not prove a case
     # (tests/test_prove_slopes.py); /5 per-position attention caps and score ratios; /6 (this prover)
-    # norm directions where /5 does not prove a case (test_norm_directions_* below).
+    # norm directions where /5 does not prove a case (test_norm_directions_* below); /7 a weight of
+    # sigma on the tangent path; /8 (this prover) 32 runs of free positions (test_runs_* below).
     # Certificates of every version still check; a certificate relabelled with an earlier version
     # claims more than that version derives and is rejected; an unknown method is rejected.
     from assay.prove import api, engine, rules
@@ -290,7 +291,7 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     no_slopes = Options(max_alpha=0)
 
     def before_5(mp):  # the attention terms of /1 to /4: the largest cap over the positions, no ratios
-        mp.setattr(rules, "position_buckets", lambda per: None)
+        mp.setattr(rules, "position_buckets", lambda per, runs=8: None)
         mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)
 
     before_5(monkeypatch)
@@ -326,19 +327,27 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     monkeypatch.setattr(api, "METHOD", "affine-lambda/5")
     monkeypatch.setattr(engine, "NORM_DIRS", False)
     monkeypatch.setattr(engine, "GAMMA", False)
+    monkeypatch.setattr(engine, "RUNS", 8)
     five = prove(m, c["prefix"], c["n_free"], **claim)
     monkeypatch.undo()
     assert five.certificate["method"]["name"] == "affine-lambda/5" and check(five.certificate, m)
     assert five.margin > four.margin
     monkeypatch.setattr(api, "METHOD", "affine-lambda/6")
     monkeypatch.setattr(engine, "GAMMA", False)
+    monkeypatch.setattr(engine, "RUNS", 8)
     six = prove(m, c["prefix"], c["n_free"], **claim)
     monkeypatch.undo()
     assert six.certificate["method"]["name"] == "affine-lambda/6" and check(six.certificate, m)
     assert six.margin >= five.margin
+    monkeypatch.setattr(api, "METHOD", "affine-lambda/7")
+    monkeypatch.setattr(engine, "RUNS", 8)
+    seven = prove(m, c["prefix"], c["n_free"], **claim)
+    monkeypatch.undo()
+    assert seven.certificate["method"]["name"] == "affine-lambda/7" and check(seven.certificate, m)
+    assert seven.margin >= six.margin
     now = prove(m, c["prefix"], c["n_free"], **claim)
-    assert now.certificate["method"]["name"] == "affine-lambda/7" and check(now.certificate, m)
-    assert now.margin >= six.margin
+    assert now.certificate["method"]["name"] == "affine-lambda/8" and check(now.certificate, m)
+    assert now.margin >= seven.margin
     for label, cert in (("affine-lambda/1", mid.certificate), ("affine-lambda/2", new.certificate),
                         ("affine-lambda/4", five.certificate)):
         with pytest.raises(CertificateError, match="exceeds the recomputed bound"):
@@ -457,3 +466,54 @@ def test_norm_directions_raise_a_failing_case_and_are_checked_evidence(models, m
         check(_forge(bad), m)
     with pytest.raises(CertificateError, match="not part of this method"):
         check(_forge(cert, method={**cert["method"], "name": "affine-lambda/5"}), m)
+
+
+def test_runs_of_free_positions_are_sound_tighter_and_checked(monkeypatch):
+    # Method /8 merges the free positions of an attention term into up to 32 runs (8 before, /7). With
+    # two allowed tokens every t of length 0..11 is enumerable, and 11 free positions are more than
+    # 8 runs. On the same claims: /8's margin is never below /7's and is above it somewhere; every
+    # proven claim holds by enumeration with a margin at most the true one; both methods' certificates
+    # check; a /8 certificate relabelled /7 is rejected; and the checker follows a method's run count
+    # (a prover and a checker at 10 runs agree).
+    import importlib
+
+    from assay.prove import api, engine
+
+    check_mod = importlib.import_module("assay.prove.check")
+    model = toy_model(0, positional="rotary", qk=2.0, embed=5.0, unembed=2.0)
+    rng = np.random.default_rng(7)
+    n_free = 11
+    n_higher, n_proven = 0, 0
+    higher_cert = None
+    for _ in range(8):
+        prefix = [int(x) for x in rng.integers(0, 6, int(rng.integers(6, 12)))]
+        allowed = sorted(int(x) for x in rng.choice(6, 2, replace=False))
+        suffix = [int(rng.integers(0, 6))]
+        with monkeypatch.context() as mp:
+            mp.setattr(api, "METHOD", "affine-lambda/7")
+            mp.setattr(engine, "RUNS", 8)
+            r7 = prove(model, prefix, n_free, suffix=suffix, allowed=allowed)
+        r8 = prove(model, prefix, n_free, suffix=suffix, allowed=allowed)
+        assert r8.certificate["method"]["name"] == "affine-lambda/8"
+        assert r8.best_margin >= r7.best_margin - 1e-9
+        if not r8.proven:
+            continue
+        n_proven += 1
+        e = enumerate_claim(model, prefix, n_free, suffix, allowed=allowed)
+        assert e.argmax_tokens == {r8.token} and r8.margin <= e.min_margin[r8.token] + 1e-9
+        assert check(r8.certificate, model)
+        if r7.proven:
+            assert check(r7.certificate, model)
+        if r8.margin > r7.best_margin + 1e-3:
+            n_higher += 1
+            higher_cert = r8.certificate
+    assert n_proven >= 2 and n_higher >= 1
+    with pytest.raises(CertificateError):
+        check(_forge(higher_cert, method={**higher_cert["method"], "name": "affine-lambda/7"}), model)
+    c = higher_cert
+    monkeypatch.setitem(check_mod.METHODS, "affine-lambda/8", {**check_mod.METHODS["affine-lambda/8"], "runs": 10})
+    monkeypatch.setattr(engine, "RUNS", 10)
+    r3 = prove(model, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
+    assert r3.proven and check(r3.certificate, model)
+    with pytest.raises(CertificateError):  # the 32-run certificate against a 10-run checker
+        check(c, model)

@@ -129,7 +129,7 @@ def _forge(cert, case_change):
 def test_certificate_with_slopes_checks_and_its_slopes_are_checked(slope_cert):
     model, r = slope_cert
     cert = r.certificate
-    assert cert["method"]["name"] == "affine-lambda/7"
+    assert cert["method"]["name"] == "affine-lambda/8"
     assert check(cert, model)
     i, j = next((i, j) for i, c in enumerate(cert["cases"]) for j, e in enumerate(c["alpha"]) if e["slopes"])
 
@@ -407,7 +407,7 @@ def test_weight_of_sigma_raises_margins_and_is_checked_evidence(monkeypatch):
             found = r
     assert n_higher >= 1 and found is not None
     cert = found.certificate
-    assert cert["method"]["name"] == "affine-lambda/7" and check(cert, model)
+    assert cert["method"]["name"] == "affine-lambda/8" and check(cert, model)
     e = enumerate_claim(model, cert["prefix"], cert["n_free"], cert["suffix"])
     assert e.argmax_tokens == {found.token} and found.margin <= e.min_margin[found.token]
     # the record of a case's worst competitor, on the tangent path with its gamma

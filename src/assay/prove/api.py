@@ -25,7 +25,7 @@ from assay.prove.engine import CaseResult, Engine, Options
 from assay.prove.weights import CANONICAL_HASH_DOC, extract, model_sha256, state_dict_sha256
 
 FORMAT = "assay-overwhelm-certificate/1"
-METHOD = "affine-lambda/7"
+METHOD = "affine-lambda/8"
 # Numbers written into a certificate are loosened by this much so that the checker, which recomputes
 # them in ball arithmetic, finds them valid; it also rejects any number further than CHECK_TOL away.
 REL_SLACK = 1e-7

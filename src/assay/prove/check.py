@@ -46,7 +46,8 @@ FORMAT = "assay-overwhelm-certificate/1"
 # "alpha" in the case records, :meth:`Checker.alpha_margin`); /5 per-position attention caps and the
 # score-ratio bound of attention terms (:func:`_ratio_max`); /6 norm directions at the last LayerNorms
 # (evidence "norm_dirs" in the case records, :func:`norm_lower_bound`); /7 a weight "gamma" of sigma
-# on the tangent path of the slope evidence (:meth:`Checker.alpha_margin`).
+# on the tangent path of the slope evidence (:meth:`Checker.alpha_margin`); /8 up to 32 runs of free
+# positions in the attention terms' caps and ratios (8 before; :func:`_runs`).
 METHODS = {
     "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
     "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
@@ -57,6 +58,8 @@ METHODS = {
                         "norm_dirs": True},
     "affine-lambda/7": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
                         "norm_dirs": True, "gamma": True},
+    "affine-lambda/8": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
+                        "norm_dirs": True, "gamma": True, "runs": 32},
 }
 TOL = 1e-4  # relative (to 1 + |x|) distance allowed between evidence numbers and the recomputation
 EXACT_COORD_LIMIT = 300_000_000
@@ -711,30 +714,27 @@ def make_block(V: arb_mat, M: arb_mat) -> CTerm:
     return CTerm(next(_ids), "block", M, V, vnorm, vlo, vhi)
 
 
-POSITION_BUCKETS = 8
-
-
-def _runs(m: int) -> list[tuple[int, int]]:
-    """The runs of positions [i m // nb, (i + 1) m // nb), nb = min(m, POSITION_BUCKETS)."""
-    nb = min(m, POSITION_BUCKETS)
+def _runs(m: int, runs: int) -> list[tuple[int, int]]:
+    """The runs of positions [i m // nb, (i + 1) m // nb), nb = min(m, runs)."""
+    nb = min(m, runs)
     cuts = [i * m // nb for i in range(nb + 1)]
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def _per_run(per: list[list[arb]], reduce) -> list[list[arb]]:
+def _per_run(per: list[list[arb]], reduce, runs: int) -> list[list[arb]]:
     """Per run of :func:`_runs`, the elementwise ``reduce`` (_emax or _emin) of its positions' lists."""
-    return [[reduce(col) for col in zip(*per[a:b], strict=True)] for a, b in _runs(len(per))]
+    return [[reduce(col) for col in zip(*per[a:b], strict=True)] for a, b in _runs(len(per), runs)]
 
 
-def _buckets(per: list[list[arb]]) -> tuple[list[list[arb]], list[int]]:
+def _buckets(per: list[list[arb]], runs: int) -> tuple[list[list[arb]], list[int]]:
     """Per-position scales (m lists over the rows): each run's elementwise largest, and the runs' lengths."""
-    return _per_run(per, _emax), [b - a for a, b in _runs(len(per))]
+    return _per_run(per, _emax, runs), [b - a for a, b in _runs(len(per), runs)]
 
 
-def _ratio_buckets(rlo: list[list[arb]], rhi: list[list[arb]]) -> tuple[list, list, list[int]]:
+def _ratio_buckets(rlo: list[list[arb]], rhi: list[list[arb]], runs: int) -> tuple[list, list, list[int]]:
     """Per-position ranges of the score ratios: each run's least lower and largest upper ends, and the
     runs' lengths."""
-    return _per_run(rlo, _emin), _per_run(rhi, _emax), [b - a for a, b in _runs(len(rhi))]
+    return _per_run(rlo, _emin, runs), _per_run(rhi, _emax, runs), [b - a for a, b in _runs(len(rhi), runs)]
 
 
 def make_pooled(D: arb_mat, scale: list, starts: list[int], mult: list[int], total: arb, M: arb_mat,
@@ -1351,9 +1351,10 @@ class Checker:
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
                  preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False,
-                 norm_dirs: bool = False, gamma: bool = False):
+                 norm_dirs: bool = False, gamma: bool = False, runs: int = 8):
         cfg = model.cfg
         self.cfg = cfg
+        self.runs = runs  # free positions of an attention term merge into at most this many runs
         self.alpha = alpha
         self.ratios = ratios
         self.norm_dirs = norm_dirs
@@ -1605,14 +1606,14 @@ class Checker:
                 for (rows, his), ex in zip(groups, exps, strict=True):
                     if use_r:  # r = w / W_A per position: [exp(lower - m) / W_A^max, exp(upper - m) / W_A^min]
                         ratios.append(_ratio_buckets([[_lo((_lo(x) - m).exp() / wa_hi) for x in sr] for sr in his],
-                                                     [[_up(e_b / wa_lo) for e_b in e] for e in ex]))
+                                                     [[_up(e_b / wa_lo) for e_b in e] for e in ex], self.runs))
                     starts.append(len(rows_all))
                     mult.append(len(ex))
                     per = [[_emin([_up(e[b] / (wa_lo + e[b])) if wa_lo > 0 else ONE, lam]) for b in range(len(rows))]
                            for e in ex]
                     scale.extend(_emax(col) for col in zip(*per, strict=True))
                     same = all(sr is his[0] for sr in his)  # one score list for every position
-                    pscale.append(None if same or not self.ratios else _buckets(per))
+                    pscale.append(None if same or not self.ratios else _buckets(per, self.runs))
                     rows_all.extend(rows)
                 # Rows at the values' midpoints; the values' radii go to the box (as in the prover).
                 mids = [[_f(_mid(x)) for x in v] for v in rows_all]

@@ -135,6 +135,7 @@ class Options:
 
 NORM_DIRS = True  # method /6's second pass (Engine.case); off, the engine derives method /5's bounds
 GAMMA = True  # method /7's weight of sigma on the tangent path (Engine._best_alpha); off, method /6's bounds
+RUNS = 32  # method /8: free positions merge into at most this many runs in attention terms (8: method /7's)
 
 
 class Engine:
@@ -156,6 +157,7 @@ class Engine:
         self._free_kv: dict[tuple[int, int], PosKV] = {}
         self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
         self.use_ratios = True  # per-position caps and score ratios of attention terms (likewise)
+        self.runs = RUNS  # runs of free positions in attention terms (rules.head_output_set)
         self.use_norm_dirs = NORM_DIRS  # method /6: a second pass with norm directions in failing cases (likewise)
         self.use_gamma = GAMMA  # method /7: the tangent path's weight of sigma searched (Engine._best_alpha)
         self._dirs: dict | None = None  # during that pass: the directions found so far ({} to search)
@@ -363,7 +365,8 @@ class Engine:
                     his = [np.nextafter(rs + rrad, np.inf)] * len(shared)
                     los = [np.nextafter(rs - rrad, -np.inf)] * len(shared)
                 groups.append((r0.V[h], r0.Vbox[h], his, los))
-            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi, self.use_ratios)
+            S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi, self.use_ratios,
+                                            self.runs)
             lams.append(lam)
             total = S if total is None else total.add(S)
         return total.shift(lw.b_O), lams

@@ -609,6 +609,7 @@ def head_output_set(
     W_O: np.ndarray,
     wa_hi: float | None = None,
     per_position: bool = True,
+    runs: int = 8,
 ) -> tuple[AffineSet, float]:
     """The set of possible outputs of one head (mapped by W_O), and Lambda (the bound on the total
     weight of the non-anchor positions).
@@ -618,7 +619,10 @@ def head_output_set(
     With ``wa_hi`` (an upper bound of W_A, :func:`anchor_mass_hi`) the term also gets the ranges
     of r_i = w_i / W_A (per run of positions, as the scales), with which affine.ratio_max bounds its
     support by the softmax weights themselves rather than their caps. ``per_position=False``: one scale
-    vector per group (the largest over its positions; quicker, looser).
+    vector per group (the largest over its positions; quicker, looser). ``runs``: the free positions of a
+    group are merged into at most this many runs of consecutive positions (:func:`_runs`; 8 up to method
+    /7, 32 from /8). Any count is sound: a run takes the largest cap and the widest ratio range of its
+    positions; more runs are tighter and cost more in affine.capped_max and affine.ratio_max.
 
     With W_A the anchors' softmax mass and w_i the free positions' (shift m), the output is
     o_A + sum_i c_i (v_i - o_A) with c_i = w_i / (W_A + sum w) <= e^{u_i} / (W_A^min + e^{u_i}) =:
@@ -659,14 +663,14 @@ def head_output_set(
                 x = lo_s - m
                 e_lo, _ = exp_bounds(x, up(U * np.abs(x), 2))
                 rlo.append(np.maximum(down(e_lo / wa_hi, 2), 0.0))
-            ratios.append(ratio_buckets(rlo, rhi))
+            ratios.append(ratio_buckets(rlo, rhi, runs))
         per = []
         for e in ex:
             with np.errstate(invalid="ignore", divide="ignore"):
                 li = np.where(np.isfinite(e), e / (wa_lo + e), 1.0) if wa_lo > 0 else np.ones_like(e)
             per.append(np.minimum(up(np.nan_to_num(li, nan=1.0), 4), lam))
         scale.append(np.max(per, axis=0))
-        pscale.append(position_buckets(per) if per_position else None)
+        pscale.append(position_buckets(per, runs) if per_position else None)
         D.append(V - o)
         vb.append(Vb.max(axis=0))
         starts.append(row)
@@ -681,38 +685,36 @@ def head_output_set(
     return S, lam
 
 
-POSITION_BUCKETS = 8  # at most this many scale vectors per group of positions sharing value rows
-
-
-def _runs(m: int) -> list[tuple[int, int]]:
-    """The runs [i m // nb, (i + 1) m // nb) of m positions, nb = min(m, POSITION_BUCKETS)."""
-    nb = min(m, POSITION_BUCKETS)
+def _runs(m: int, runs: int) -> list[tuple[int, int]]:
+    """The runs [i m // nb, (i + 1) m // nb) of m positions, nb = min(m, runs)."""
+    nb = min(m, runs)
     cuts = [i * m // nb for i in range(nb + 1)]
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
-def _per_run(per: list[np.ndarray], reduce) -> np.ndarray:
+def _per_run(per: list[np.ndarray], reduce, runs: int) -> np.ndarray:
     """Per run of :func:`_runs`, the elementwise ``reduce`` (np.max or np.min) of its positions' rows."""
-    return np.stack([reduce(per[a:b], axis=0) for a, b in _runs(len(per))])
+    return np.stack([reduce(per[a:b], axis=0) for a, b in _runs(len(per), runs)])
 
 
-def _run_counts(m: int) -> np.ndarray:
-    return np.array([b - a for a, b in _runs(m)], dtype=np.float64)
+def _run_counts(m: int, runs: int) -> np.ndarray:
+    return np.array([b - a for a, b in _runs(m, runs)], dtype=np.float64)
 
 
-def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-position ranges [rlo, rhi] of the score ratios as (Rlo, Rhi, counts) over the runs of
-    :func:`_runs`: the least lower and the largest upper end of each run (affine.ratio_max)."""
-    return _per_run(rlo, np.min), _per_run(rhi, np.max), _run_counts(len(rhi))
+def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray], runs: int = 8
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-position ranges [rlo, rhi] of the score ratios as (Rlo, Rhi, counts) over at most ``runs`` runs
+    of :func:`_runs`: the least lower and the largest upper end of each run (affine.ratio_max)."""
+    return _per_run(rlo, np.min, runs), _per_run(rhi, np.max, runs), _run_counts(len(rhi), runs)
 
 
-def position_buckets(per: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+def position_buckets(per: list[np.ndarray], runs: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
     """The per-position scales of one group of positions as (S, counts) for affine.capped_max: per run
-    of :func:`_runs` the elementwise largest scale of its positions; None when every position has the
-    same scales (the group's one scale vector says it all)."""
+    of :func:`_runs` (at most ``runs``) the elementwise largest scale of its positions; None when every
+    position has the same scales (the group's one scale vector says it all)."""
     if len(per) <= 1 or all(np.array_equal(per[0], x) for x in per[1:]):
         return None
-    return _per_run(per, np.max), _run_counts(len(per))
+    return _per_run(per, np.max, runs), _run_counts(len(per), runs)
 
 
 __all__ = [
