@@ -430,3 +430,33 @@ def test_weight_of_sigma_raises_margins_and_is_checked_evidence(monkeypatch):
             check(_forge(cert, change), model)
     with pytest.raises(CertificateError, match="not part of this method"):
         check(_forge(cert, lambda c: c["method"].update(name="affine-lambda/6")), model)
+
+
+def test_alpha_stop_never_changes_a_proof_and_its_margins_stay_lower_bounds():
+    # Options.alpha_stop ends a case's slope search once a searched competitor stays below it: the case
+    # is lost then, so proofs and proven margins are the same as with the full search (alpha_stop below
+    # alpha_floor never triggers), and an unproven claim's reported margin may be lower than the full
+    # search's but is still at most the true worst margin (enumeration). Here it triggers at least once.
+    from assay.prove.bruteforce import enumerate_claim
+
+    model = toy_model(0, qk=0.3, unembed=3.0, positional="rotary")
+    rng = np.random.default_rng(3)
+    V = model.cfg.d_vocab
+    triggered = 0
+    for _ in range(40):
+        prefix = rng.integers(0, V, size=int(rng.integers(4, 14))).tolist()
+        suffix = rng.integers(0, V, size=1).tolist()
+        n_free = int(rng.integers(1, 4))
+        stop = prove(model, prefix, n_free, suffix=suffix)
+        full = prove(model, prefix, n_free, suffix=suffix, options=Options(alpha_stop=-1e9))
+        assert stop.certificate["method"]["options"]["alpha_stop"] == -1.0
+        assert stop.proven == full.proven and stop.token == full.token
+        if full.proven:
+            assert stop.margin == full.margin
+            continue
+        assert stop.best_margin <= full.best_margin
+        if stop.best_margin < full.best_margin - 1e-9:
+            triggered += 1
+            e = enumerate_claim(model, prefix, n_free, suffix)
+            assert stop.best_margin <= e.min_margin[stop.token] + 1e-9
+    assert triggered >= 1

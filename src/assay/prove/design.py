@@ -31,7 +31,12 @@ import numpy as np
 from assay.errors import BadInput
 from assay.prove import rules
 from assay.prove.api import prove, single_thread, validate
+from assay.prove.engine import Options
 from assay.prove.weights import extract
+
+# Candidates are scored by their margin, also below 0, so the slope search is not ended early
+# (Options.alpha_stop below alpha_floor never triggers).
+FULL_SEARCH = Options(alpha_stop=-1e9)
 
 
 @dataclass
@@ -132,7 +137,8 @@ def design(
     def score(prefix: list[int], strategy: str, rnd: int) -> float:
         key = (phase["n_eval"], tuple(prefix))
         if key not in cache:
-            r = prove(model, prefix, phase["n_eval"], suffix=suffix, allowed=allowed_list)
+            # the search's objective is the margin itself, also below 0: no early end of the slope search
+            r = prove(model, prefix, phase["n_eval"], suffix=suffix, allowed=allowed_list, options=FULL_SEARCH)
             cache[key] = r.best_margin if r.best_margin is not None else -np.inf
             if cache[key] > best["margin"]:
                 best.update(prefix=list(prefix), margin=cache[key])

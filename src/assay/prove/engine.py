@@ -127,10 +127,14 @@ class Options:
     max_alpha: int = 128
     alpha_below: float = 0.0  # ... when the case's least margin is at or below this (1e9: every case)
     alpha_floor: float = -50.0  # ... and above this (a case this far below 0 is not worth the search)
+    # A competitor whose searched bound stays below this ends the search: the case cannot be proven (its
+    # margin is at most that bound), so further searches would only refine how negative it is reported.
+    alpha_stop: float = -1.0
 
     def to_dict(self) -> dict:
         return {"n_refine": self.n_refine, "max_refine": self.max_refine, "max_rounds": self.max_rounds,
-                "max_alpha": self.max_alpha, "alpha_below": self.alpha_below, "alpha_floor": self.alpha_floor}
+                "max_alpha": self.max_alpha, "alpha_below": self.alpha_below, "alpha_floor": self.alpha_floor,
+                "alpha_stop": self.alpha_stop}
 
 
 NORM_DIRS = True  # method /6's second pass (Engine.case); off, the engine derives method /5's bounds
@@ -524,7 +528,8 @@ class Engine:
         # Method /4: when that does not prove the case, the least competitor gets the slope bound
         # (slopes.py), first with the chord slopes (quick), then, if it is the least again, with slopes
         # searched for it; any competitor that becomes the least is refined first. This ends when the
-        # least competitor has had its search (its bound is then final) or max_alpha searches are spent.
+        # least competitor has had its search (its bound is then final) or max_alpha searches are spent,
+        # or early, when a searched competitor stays below alpha_stop (the case is lost).
         rec = getattr(X, "last_mlp", None)
         stage: dict[int, int] = {}
         treated: dict[int, dict] = {}
@@ -553,6 +558,8 @@ class Engine:
                 if val > best[k]:
                     treated[k] = ev
                     best[k] = val
+                if st == 1 and best[k] < self.opts.alpha_stop:
+                    break
         # Evidence for the checker: only the refined competitors whose cheap bound does not already
         # clear the least margin need their exact support re-derived (the slack covers the checker's
         # own, differently rounded, cheap bounds); of those, the ones whose slopes raised them above it
