@@ -529,7 +529,8 @@ class Engine:
         # (slopes.py), first with the chord slopes (quick), then, if it is the least again, with slopes
         # searched for it; any competitor that becomes the least is refined first. This ends when the
         # least competitor has had its search (its bound is then final) or max_alpha searches are spent,
-        # or early, when a searched competitor stays below alpha_stop (the case is lost).
+        # or early, when a searched competitor stays below alpha_stop (the case is lost); a competitor
+        # whose quick bound is below alpha_stop is searched at once, so a lost case ends after one search.
         rec = getattr(X, "last_mlp", None)
         stage: dict[int, int] = {}
         treated: dict[int, dict] = {}
@@ -538,8 +539,10 @@ class Engine:
                 and self.opts.alpha_floor < best.min() <= self.opts.alpha_below):
             sc = SlopeCase.of(X, Y, (s_lo, s_hi), W.eps)
             searches = quick = 0
+            lost = None  # a competitor whose quick bound is below alpha_stop: searched next, before any other
             while searches < self.opts.max_alpha and quick < 8 * self.opts.max_alpha:
-                k = int(np.argmin(best))
+                k = int(np.argmin(best)) if lost is None else lost
+                lost = None
                 if not refined[k]:
                     # k and every other unrefined competitor at or below its bound, in one batch
                     more = order[~refined[order] & (cheap[order] <= best[k])][: 4 * self.opts.max_refine]
@@ -558,8 +561,10 @@ class Engine:
                 if val > best[k]:
                     treated[k] = ev
                     best[k] = val
-                if st == 1 and best[k] < self.opts.alpha_stop:
-                    break
+                if best[k] < self.opts.alpha_stop:
+                    if st == 1:
+                        break
+                    lost = k
         # Evidence for the checker: only the refined competitors whose cheap bound does not already
         # clear the least margin need their exact support re-derived (the slack covers the checker's
         # own, differently rounded, cheap bounds); of those, the ones whose slopes raised them above it
