@@ -17,6 +17,7 @@ happen, and ``--check`` also times the independent checker on the proven certifi
 
     python benchmarks/prove_scaling.py            # full grid (a few minutes of CPU)
     python benchmarks/prove_scaling.py --quick    # small grid
+    python benchmarks/prove_scaling.py --alpha-stop   # an unprovable claim with and without alpha_stop
 """
 
 from __future__ import annotations
@@ -44,13 +45,36 @@ def get_model():
 
 
 def text_ids(model, n: int) -> list[int]:
+    """n token ids of the test sentences (repeated); random ids only for the random-init model, which
+    has no tokenizer. Exits when the model has a tokenizer but the sentences are missing (say, when the
+    script runs from a copy of benchmarks/), rather than timing random tokens under the text's label."""
     tok = getattr(model, "tokenizer", None)
     path = Path(__file__).resolve().parents[1] / "tests" / "data" / "sentences.txt"
-    if tok is not None and path.is_file():
+    if tok is None:
+        ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 2000).tolist()
+    elif path.is_file():
         ids = tok.encode(path.read_text()).ids
     else:
-        ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 2000).tolist()
+        raise SystemExit(f"prove_scaling: {path} is missing (run the script from a checkout of assay)")
     return (ids * (n // len(ids) + 1))[:n]
+
+
+def alpha_stop_row(model) -> None:
+    """Times an unprovable claim (32 random tokens, a random suffix, n_free 1) with the default
+    alpha_stop and with the full slope search (design's FULL_SEARCH), in this process."""
+    from assay.prove.design import FULL_SEARCH
+
+    ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 33).tolist()  # text_ids' random ids
+    print("\nalpha_stop on an unprovable claim: 32 random tokens, n_free 1 (the full search takes minutes)")
+    print(f"{'search':>22} {'cpu s':>8} {'margin':>10} {'searches':>9}")
+    times = {}
+    for label, options in (("alpha_stop -1", None), ("full (alpha_stop -1e9)", FULL_SEARCH)):
+        c0 = time.process_time()
+        r = prove(model, ids[:32], 1, suffix=[ids[32]], options=options)
+        times[label] = time.process_time() - c0
+        n_alpha = sum(len(c["alpha"]) for c in r.certificate["cases"])
+        print(f"{label:>22} {times[label]:8.1f} {r.best_margin:10.3f} {n_alpha:9d}", flush=True)
+    print(f"full / alpha_stop = {times['full (alpha_stop -1e9)'] / times['alpha_stop -1']:.1f}")
 
 
 def slope(xs, ys) -> float:
@@ -62,8 +86,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid")
     ap.add_argument("--check", action="store_true", help="also time check() on a proven certificate (slow)")
+    ap.add_argument("--alpha-stop", action="store_true",
+                    help="only time an unprovable claim with and without alpha_stop (minutes)")
     args = ap.parse_args()
     model, name = get_model()
+    if args.alpha_stop:
+        alpha_stop_row(model)
+        return
     n_fixes = [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024]
     n_frees = [1, 4, 16] if args.quick else [1, 4, 16, 64]
     print(f"model: {name}  (d_model {model.cfg.d_model}, heads {model.cfg.n_heads}, vocab {model.cfg.d_vocab})")

@@ -404,7 +404,7 @@ def test_head_output_set_and_lambda_max_contain_every_choice(shared):
             groups = [(fV[0], np.zeros((nvar, k)), [fs[i] for i in range(nfree)])]
         else:
             groups = [(fV[i], np.zeros((nvar, k)), [fs[i]]) for i in range(nfree)]
-        S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, W_O)
+        S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, W_O, runs=8)
         outs = []
         for _ in range(300):
             choice = rng.integers(0, nvar, nfree)
@@ -688,10 +688,10 @@ def test_position_buckets_take_the_largest_scale_of_each_run_of_positions():
     ends = np.cumsum(counts).astype(int)
     for q, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)):
         assert b > a and np.array_equal(S[q], np.max(per[a:b], axis=0))
-    S3, c3 = rules.position_buckets(per[:3])  # few positions: one bucket each
+    S3, c3 = rules.position_buckets(per[:3], 8)  # few positions: one bucket each
     assert np.array_equal(S3, np.stack(per[:3])) and c3.tolist() == [1, 1, 1]
-    assert rules.position_buckets([per[0]] * 4) is None  # same scales everywhere: the group's vector
-    assert rules.position_buckets(per[:1]) is None
+    assert rules.position_buckets([per[0]] * 4, 8) is None  # same scales everywhere: the group's vector
+    assert rules.position_buckets(per[:1], 8) is None
     S32, c32 = rules.position_buckets(per, 32)  # method /8: up to 32 runs, here one per position
     assert np.array_equal(S32, np.stack(per)) and c32.tolist() == [1] * 11
     Rlo, Rhi, rc = rules.ratio_buckets(per, [x + 1 for x in per], 4)
@@ -719,7 +719,7 @@ def test_per_position_caps_and_score_ratios_are_sound_tighter_and_checked(monkey
     for caps, ratios in ((False, False), (True, False), (True, True)):
         with monkeypatch.context() as mp:
             if not caps:
-                mp.setattr(rules, "position_buckets", lambda per, runs=8: None)
+                mp.setattr(rules, "position_buckets", lambda per, runs: None)
             if not ratios:
                 mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)  # no ratio ranges
             runs.append([prove(model, p, n, suffix=q) for p, n, q in claims])

@@ -291,7 +291,7 @@ def test_the_checker_re_derives_the_method_the_certificate_names(models, monkeyp
     no_slopes = Options(max_alpha=0)
 
     def before_5(mp):  # the attention terms of /1 to /4: the largest cap over the positions, no ratios
-        mp.setattr(rules, "position_buckets", lambda per, runs=8: None)
+        mp.setattr(rules, "position_buckets", lambda per, runs: None)
         mp.setattr(rules, "anchor_mass_hi", lambda s, srad, m: math.inf)
 
     before_5(monkeypatch)
@@ -513,7 +513,7 @@ def test_runs_of_free_positions_are_sound_tighter_and_checked(monkeypatch):
     c = higher_cert
     monkeypatch.setitem(check_mod.METHODS, "affine-lambda/8", {**check_mod.METHODS["affine-lambda/8"], "runs": 10})
     monkeypatch.setattr(engine, "RUNS", 10)
-    r3 = prove(model, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
-    assert r3.proven and check(r3.certificate, model)
+    r10 = prove(model, c["prefix"], c["n_free"], suffix=c["suffix"], allowed=c["allowed"])
+    assert r10.proven and check(r10.certificate, model)
     with pytest.raises(CertificateError):  # the 32-run certificate against a 10-run checker
         check(c, model)

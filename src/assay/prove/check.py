@@ -49,15 +49,16 @@ FORMAT = "assay-overwhelm-certificate/1"
 # on the tangent path of the slope evidence (:meth:`Checker.alpha_margin`); /8 up to 32 runs of free
 # positions in the attention terms' caps and ratios (8 before; :func:`_runs`).
 METHODS = {
-    "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False},
-    "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False},
-    "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True},
-    "affine-lambda/4": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True},
-    "affine-lambda/5": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True},
+    "affine-lambda/1": {"ln_preact": False, "preact_set": False, "norm_ub": False, "runs": 8},
+    "affine-lambda/2": {"ln_preact": True, "preact_set": False, "norm_ub": False, "runs": 8},
+    "affine-lambda/3": {"ln_preact": True, "preact_set": True, "norm_ub": True, "runs": 8},
+    "affine-lambda/4": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "runs": 8},
+    "affine-lambda/5": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
+                        "runs": 8},
     "affine-lambda/6": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
-                        "norm_dirs": True},
+                        "norm_dirs": True, "runs": 8},
     "affine-lambda/7": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
-                        "norm_dirs": True, "gamma": True},
+                        "norm_dirs": True, "gamma": True, "runs": 8},
     "affine-lambda/8": {"ln_preact": True, "preact_set": True, "norm_ub": True, "alpha": True, "ratios": True,
                         "norm_dirs": True, "gamma": True, "runs": 32},
 }
@@ -1351,7 +1352,7 @@ class Checker:
 
     def __init__(self, model, prefix, suffix, allowed, options: dict, ln_preact: bool = True,
                  preact_set: bool = True, norm_ub: bool = True, alpha: bool = False, ratios: bool = False,
-                 norm_dirs: bool = False, gamma: bool = False, runs: int = 8):
+                 norm_dirs: bool = False, gamma: bool = False, *, runs: int):
         cfg = model.cfg
         self.cfg = cfg
         self.runs = runs  # free positions of an attention term merge into at most this many runs

@@ -370,7 +370,7 @@ class Engine:
                     los = [np.nextafter(rs - rrad, -np.inf)] * len(shared)
                 groups.append((r0.V[h], r0.Vbox[h], his, los))
             S, lam = rules.head_output_set(o, obox, m, wa_lo, groups, lw.W_O[h], wa_hi, self.use_ratios,
-                                            self.runs)
+                                            runs=self.runs)
             lams.append(lam)
             total = S if total is None else total.add(S)
         return total.shift(lw.b_O), lams

@@ -609,7 +609,8 @@ def head_output_set(
     W_O: np.ndarray,
     wa_hi: float | None = None,
     per_position: bool = True,
-    runs: int = 8,
+    *,
+    runs: int,
 ) -> tuple[AffineSet, float]:
     """The set of possible outputs of one head (mapped by W_O), and Lambda (the bound on the total
     weight of the non-anchor positions).
@@ -701,14 +702,14 @@ def _run_counts(m: int, runs: int) -> np.ndarray:
     return np.array([b - a for a, b in _runs(m, runs)], dtype=np.float64)
 
 
-def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray], runs: int = 8
+def ratio_buckets(rlo: list[np.ndarray], rhi: list[np.ndarray], runs: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-position ranges [rlo, rhi] of the score ratios as (Rlo, Rhi, counts) over at most ``runs`` runs
     of :func:`_runs`: the least lower and the largest upper end of each run (affine.ratio_max)."""
     return _per_run(rlo, np.min, runs), _per_run(rhi, np.max, runs), _run_counts(len(rhi), runs)
 
 
-def position_buckets(per: list[np.ndarray], runs: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+def position_buckets(per: list[np.ndarray], runs: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The per-position scales of one group of positions as (S, counts) for affine.capped_max: per run
     of :func:`_runs` (at most ``runs``) the elementwise largest scale of its positions; None when every
     position has the same scales (the group's one scale vector says it all)."""
