@@ -462,6 +462,47 @@ def test_pooled_max_bounds_the_lp_optimum():
         assert ub <= -lp.fun + 0.25 * abs(lp.fun) + 1e-9  # the grid over t costs a little
 
 
+def test_capped_max_of_one_group_is_the_grid_bound_exactly_and_bounds_the_lp(monkeypatch):
+    """capped_max's one-group path (every t at once, over blocks of rows) against the same Lagrangian
+    bound evaluated in exact rationals, min over the grid t = f * max(0, max_b X_b) of
+    total * t + m * max(0, max_b s_b (X_b - t)), which it may exceed only by its rounding allowance;
+    and against the LP it relaxes (scipy's linprog), column by column. Blocks of a few rows, so that
+    the running maximum crosses many of them."""
+    from fractions import Fraction
+
+    from scipy.optimize import linprog
+
+    from assay.prove import affine
+
+    rng = np.random.default_rng(23)
+    for chunk in (7 * 3, 1 << 17):
+        monkeypatch.setattr(affine, "POOL_CHUNK", chunk)
+        for _ in range(12):
+            N, K = int(rng.integers(1, 40)), int(rng.integers(1, 5))
+            X = rng.standard_normal((N, K)) * rng.uniform(0.1, 10)
+            X[:, 0] = -np.abs(X[:, 0])  # a column with no positive entry: t = 0 only
+            scale = rng.uniform(0, 1, N)
+            m, total = float(rng.integers(1, 6)), float(rng.uniform(0.05, 3))
+            got = affine.capped_max(X, scale, np.array([0]), np.array([m]), total)
+            for k in range(K):
+                xs, ss = [Fraction(float(v)) for v in X[:, k]], [Fraction(float(v)) for v in scale]
+                top = max(Fraction(0), max(xs))
+
+                def bound(t, xs=xs, ss=ss, m=m, total=total):
+                    return Fraction(total) * t + Fraction(m) * max(
+                        Fraction(0), max(s_ * (x - t) for s_, x in zip(ss, xs, strict=True)))
+
+                exact = min(bound(Fraction(float(top) * f)) for f in affine.POOL_T)
+                assert Fraction(float(got[k])) >= exact
+                assert float(got[k]) <= float(exact) * (1 + 1e-12) + 1e-12 * float(top + 1)
+                # the LP: m positions, each a_pb >= 0 with sum_b a_pb <= 1, and sum a_pb s_b <= total
+                nv = int(m) * N
+                A_ub = [np.tile(scale, int(m))] + [np.repeat(np.eye(int(m)), N, axis=1)[p] for p in range(int(m))]
+                lp = linprog(-np.tile(scale * X[:, k], int(m)), A_ub=np.array(A_ub), b_ub=[total] + [1.0] * int(m),
+                             bounds=[(0, None)] * nv)
+                assert got[k] >= -lp.fun - 1e-12
+
+
 def test_rotation_against_arb(high_precision):
     rng = np.random.default_rng(13)
     rd = 6

@@ -370,6 +370,8 @@ def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
     smax = max([float(scale.max())] + [float(S.max()) for _, (S, _c) in per])
     slack0 = 3 * U * smax * np.abs(X).max(axis=0)
     sc = scale[:, None]
+    if len(starts) == 1 and not per:
+        return _capped_max_one(X, sc, float(mult[0]), total, top, slack0, smax)
     D = np.empty_like(X)
     Y = np.empty_like(X)
     best = None
@@ -392,6 +394,28 @@ def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
         val = up(sum(parts), len(mult) + 4 + sum(S.shape[0] for _, (S, _c) in per))
         best = val if best is None else np.minimum(best, val)
     return best
+
+
+POOL_CHUNK = 1 << 17  # elements of one (t, row, column) block of _capped_max_one (1 MiB): kept in cache
+
+
+def _capped_max_one(X: np.ndarray, sc: np.ndarray, mult: float, total: float, top: np.ndarray,
+                    slack0: np.ndarray, smax: float) -> np.ndarray:
+    """:func:`capped_max` for one group without per-position scales, the same floating-point operations
+    on every element (so the same numbers), for every t of POOL_T at once over blocks of rows: one pass
+    over X that stays in cache instead of three passes per t."""
+    N, K = X.shape
+    ts = top[None, :] * np.asarray(POOL_T)[:, None]  # (T, K): top * f, as in the loop
+    ymax = np.full(ts.shape, -np.inf)
+    rows = max(1, POOL_CHUNK // (len(POOL_T) * K))
+    for a in range(0, N, rows):
+        D = X[None, a:a + rows, :] - ts[:, None, :]
+        np.multiply(D, sc[None, a:a + rows], out=D)
+        np.maximum(ymax, D.max(axis=1), out=ymax)
+    slack = up(slack0[None, :] + 3 * U * smax * ts, 4)
+    gmax = np.maximum(ymax + slack, 0.0)
+    val = up(total * ts + mult * gmax, 1 + 4)
+    return val.min(axis=0)
 
 
 def make_pooled(D: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,

@@ -608,7 +608,18 @@ class Engine:
 
     def _unembed_differences(self, c: int):
         """A = W_U[:, c] - W_U[:, k] per column and bd = b_U[c] - b_U (floats within Aerr, bderr of the
-        exact numbers) and, with a final LayerNorm (w, b), Aw = w * A and bb = b . A within Awerr, bberr."""
+        exact numbers) and, with a final LayerNorm (w, b), Aw = w * A and bb = b . A within Awerr, bberr.
+        Computed once per c (every case of a claim uses the same c); the arrays are never written to."""
+        cache = self.__dict__.setdefault("_unembed_cache", {})
+        if c not in cache:
+            out = self._unembed_differences_of(c)
+            for a in out:
+                if a is not None:
+                    a.flags.writeable = False
+            cache[c] = out
+        return cache[c]
+
+    def _unembed_differences_of(self, c: int):
         W = self.W
         A = W.W_U[:, [c]] - W.W_U
         Aerr = up(U * np.abs(A), 1)
