@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, expect", [
     ("check_speed.py", ["--quick"], "float filter, exact rows on demand"),
+    ("capped_max_speed.py", ["--quick"], "blocked/loop"),
 ])
 def test_benchmark_quick_mode_runs_and_prints_its_table(script, args, expect):
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,

@@ -484,6 +484,9 @@ def test_capped_max_of_one_group_is_the_grid_bound_exactly_and_bounds_the_lp(mon
             scale = rng.uniform(0, 1, N)
             m, total = float(rng.integers(1, 6)), float(rng.uniform(0.05, 3))
             got = affine.capped_max(X, scale, np.array([0]), np.array([m]), total)
+            with monkeypatch.context() as mp:  # the loop over t: the same operations, the same numbers
+                mp.setattr(affine, "BLOCKED", False)
+                assert np.array_equal(affine.capped_max(X, scale, np.array([0]), np.array([m]), total), got)
             for k in range(K):
                 xs, ss = [Fraction(float(v)) for v in X[:, k]], [Fraction(float(v)) for v in scale]
                 top = max(Fraction(0), max(xs))

@@ -194,6 +194,8 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
 
 
 POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
+POOL_CHUNK = 1 << 17  # elements of one (t, row, column) block of _capped_max_one (1 MiB): kept in cache
+BLOCKED = True  # capped_max of one plain group by _capped_max_one (False: the loop over t; benchmarks)
 
 
 def pooled_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.ndarray, total: float,
@@ -370,7 +372,7 @@ def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
     smax = max([float(scale.max())] + [float(S.max()) for _, (S, _c) in per])
     slack0 = 3 * U * smax * np.abs(X).max(axis=0)
     sc = scale[:, None]
-    if len(starts) == 1 and not per:
+    if BLOCKED and len(starts) == 1 and not per:
         return _capped_max_one(X, sc, float(mult[0]), total, top, slack0, smax)
     D = np.empty_like(X)
     Y = np.empty_like(X)
@@ -394,9 +396,6 @@ def capped_max(X: np.ndarray, scale: np.ndarray, starts: np.ndarray, mult: np.nd
         val = up(sum(parts), len(mult) + 4 + sum(S.shape[0] for _, (S, _c) in per))
         best = val if best is None else np.minimum(best, val)
     return best
-
-
-POOL_CHUNK = 1 << 17  # elements of one (t, row, column) block of _capped_max_one (1 MiB): kept in cache
 
 
 def _capped_max_one(X: np.ndarray, sc: np.ndarray, mult: float, total: float, top: np.ndarray,
