@@ -467,7 +467,8 @@ def test_capped_max_of_one_group_is_the_grid_bound_exactly_and_bounds_the_lp(mon
     bound evaluated in exact rationals, min over the grid t = f * max(0, max_b X_b) of
     total * t + m * max(0, max_b s_b (X_b - t)), which it may exceed only by its rounding allowance;
     and against the LP it relaxes (scipy's linprog), column by column. Blocks of a few rows, so that
-    the running maximum crosses many of them."""
+    the running maximum crosses many of them; both layouts (rows along the last axis, for few columns,
+    or along the first)."""
     from fractions import Fraction
 
     from scipy.optimize import linprog
@@ -475,9 +476,10 @@ def test_capped_max_of_one_group_is_the_grid_bound_exactly_and_bounds_the_lp(mon
     from assay.prove import affine
 
     rng = np.random.default_rng(23)
-    for chunk in (7 * 3, 1 << 17):
+    for chunk, narrow in itertools.product((7 * 3, 1 << 17), (0, 32)):  # narrow 0: no transposed blocks
         monkeypatch.setattr(affine, "POOL_CHUNK", chunk)
-        for _ in range(12):
+        monkeypatch.setattr(affine, "POOL_NARROW", narrow)
+        for _ in range(8):
             N, K = int(rng.integers(1, 40)), int(rng.integers(1, 5))
             X = rng.standard_normal((N, K)) * rng.uniform(0.1, 10)
             X[:, 0] = -np.abs(X[:, 0])  # a column with no positive entry: t = 0 only

@@ -195,6 +195,7 @@ def make_block(V: np.ndarray, M: np.ndarray) -> Term:
 
 POOL_T = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 POOL_CHUNK = 1 << 17  # elements of one (t, row, column) block of _capped_max_one (1 MiB): kept in cache
+POOL_NARROW = 32  # up to this many columns _capped_max_one works on X transposed
 BLOCKED = True  # capped_max of one plain group by _capped_max_one (False: the loop over t; benchmarks)
 
 
@@ -407,10 +408,18 @@ def _capped_max_one(X: np.ndarray, sc: np.ndarray, mult: float, total: float, to
     ts = top[None, :] * np.asarray(POOL_T)[:, None]  # (T, K): top * f, as in the loop
     ymax = np.full(ts.shape, -np.inf)
     rows = max(1, POOL_CHUNK // (len(POOL_T) * K))
-    for a in range(0, N, rows):
-        D = X[None, a:a + rows, :] - ts[:, None, :]
-        np.multiply(D, sc[None, a:a + rows], out=D)
-        np.maximum(ymax, D.max(axis=1), out=ymax)
+    if K <= POOL_NARROW:
+        # few columns: rows along the last (contiguous) axis, where numpy's maximum is fast
+        XT, s = np.ascontiguousarray(X.T), sc[:, 0]
+        for a in range(0, N, rows):
+            D = XT[None, :, a:a + rows] - ts[:, :, None]
+            np.multiply(D, s[None, None, a:a + rows], out=D)
+            np.maximum(ymax, D.max(axis=2), out=ymax)
+    else:
+        for a in range(0, N, rows):
+            D = X[None, a:a + rows, :] - ts[:, None, :]
+            np.multiply(D, sc[None, a:a + rows], out=D)
+            np.maximum(ymax, D.max(axis=1), out=ymax)
     slack = up(slack0[None, :] + 3 * U * smax * ts, 4)
     gmax = np.maximum(ymax + slack, 0.0)
     val = up(total * ts + mult * gmax, 1 + 4)
