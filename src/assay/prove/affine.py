@@ -75,9 +75,16 @@ class Term:
     signed: bool = False  # block / pooled: the coefficients are s * c for c in the set and |s| <= 1
     _l2: float | None = None  # cached l2_sup (M never changes in place)
     _dev: tuple | None = None  # cached coord_dev
+    _vm: np.ndarray | None = None  # cached fl(V @ M) of a block or pooled term (l2_sup and coord_dev)
 
     def with_M(self, M: np.ndarray, diag: bool = False) -> Term:
-        return replace(self, M=M, diag=diag, _l2=None, _dev=None)
+        return replace(self, M=M, diag=diag, _l2=None, _dev=None, _vm=None)
+
+    def vm(self) -> np.ndarray:
+        """fl(V @ M) (block and pooled terms), computed once: l2_sup and coord_dev both need it."""
+        if self._vm is None:
+            self._vm = self.V @ self.M
+        return self._vm
 
     def times(self, A: np.ndarray) -> np.ndarray:
         """fl(M @ A); for a diagonal M the same numbers at O(d K) (the zeros add exactly)."""
@@ -114,7 +121,7 @@ class Term:
                 k, d = self.M.shape
                 if self.V.shape[0] * k * d <= EXACT_COORD_LIMIT:
                     # |sum_g coef_g V_g M| <= the term's support on the row norms |V_g M| (+ rounding).
-                    rn = row_norms(self.V @ self.M)[:, None]
+                    rn = row_norms(self.vm())[:, None]
                     err = float(up(gamma(k) * self.vnorm * frob(self.M)))
                     exact = float(up(float(self.extremes(rn)[1][0]) + err, 2))
                     self._l2 = min(self._l2, exact)
@@ -143,7 +150,7 @@ class Term:
             if self.V.shape[0] * M.shape[0] * M.shape[1] <= EXACT_COORD_LIMIT:
                 # Exact extremes: fl(V M) is within gamma(k) |V_g| |M_:j| of V M, and the coefficient
                 # weights rows with total l2 mass <= vnorm.
-                VM = self.V @ M
+                VM = self.vm()
                 err = up(gamma(M.shape[0]) * self.vnorm * col_norms(M))
                 mn, mx = self.extremes(VM)
                 ex_lo, ex_hi = next_down(mn - err), next_up(mx + err)
