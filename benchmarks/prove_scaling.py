@@ -84,7 +84,7 @@ def alpha_stop_row(model) -> None:
     alpha_stop and with the full slope search (design's FULL_SEARCH), in this process."""
     from assay.prove.design import FULL_SEARCH
 
-    ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 33).tolist()  # text_ids' random ids
+    ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 33).tolist()  # random-init's text_ids
     print("\nalpha_stop on an unprovable claim: 32 random tokens, n_free 1 (the full search takes minutes)")
     print(f"{'search':>22} {'cpu s':>8} {'margin':>10} {'with slopes':>11}")  # competitors, in the evidence
     times = {}
@@ -106,9 +106,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid")
     ap.add_argument("--check", action="store_true", help="also time check() on a proven certificate (slow)")
-    ap.add_argument("--alpha-stop", action="store_true",
-                    help="only time an unprovable claim with and without alpha_stop (minutes)")
-    ap.add_argument("--goal", action="store_true", help="only time the goal's claim, n_fix 1024 and n_free 64")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--alpha-stop", action="store_true",
+                      help="only time an unprovable claim with and without alpha_stop (minutes)")
+    only.add_argument("--goal", action="store_true", help="only time the goal's claim, n_fix 1024 and n_free 64")
     args = ap.parse_args()
     model, name = get_model()
     if args.alpha_stop:

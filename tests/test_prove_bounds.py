@@ -505,7 +505,16 @@ def test_capped_max_of_one_group_is_the_grid_bound_exactly_and_bounds_the_lp(mon
                 A_ub = [np.tile(scale, int(m))] + [np.repeat(np.eye(int(m)), N, axis=1)[p] for p in range(int(m))]
                 lp = linprog(-np.tile(scale * X[:, k], int(m)), A_ub=np.array(A_ub), b_ub=[total] + [1.0] * int(m),
                              bounds=[(0, None)] * nv)
-                assert got[k] >= -lp.fun - 1e-12
+                assert lp.status == 0 and got[k] >= -lp.fun - 1e-12
+        assert affine.capped_max(np.zeros((5, 0)), np.ones(5), np.array([0]), np.array([2.0]), 1.0).shape == (0,)
+    # overflowed inputs take the same path as the loop (no shortcut at t = top): the same inf / NaN
+    X = rng.standard_normal((30, 3))
+    X[4, 1], X[7, 2] = np.inf, np.nan
+    with np.errstate(invalid="ignore"):
+        got = affine.capped_max(X, np.full(30, 0.5), np.array([0]), np.array([2.0]), 1.0)
+        monkeypatch.setattr(affine, "BLOCKED", False)
+        want = affine.capped_max(X, np.full(30, 0.5), np.array([0]), np.array([2.0]), 1.0)
+    assert np.array_equal(got, want, equal_nan=True) and np.isnan(got[1:]).all()
 
 
 def test_rotation_against_arb(high_precision):

@@ -413,20 +413,26 @@ def _capped_max_one(X: np.ndarray, sc: np.ndarray, mult: float, total: float, to
     over X that stays in cache instead of three passes per t."""
     N, K = X.shape
     ts = top[None, :] * np.asarray(POOL_T)[:, None]  # (T, K): top * f, as in the loop
-    ymax = np.full(ts.shape, -np.inf)
-    rows = max(1, POOL_CHUNK // (len(POOL_T) * K))
+    # At f = 1 (t = top) the maximum is known: 0 from the row at the top when top > 0 (every other row
+    # has X_b - top <= 0), and the f = 0 value when top = 0 (the same t). Only finite tops qualify.
+    last = POOL_T[-1] == 1.0 and POOL_T[0] == 0.0 and bool(np.isfinite(top).all())
+    grid = ts[:-1] if last else ts
+    ymax = np.full(grid.shape, -np.inf)
+    rows = max(1, POOL_CHUNK // (len(grid) * max(K, 1)))
     if K <= POOL_NARROW:
         # few columns: rows along the last (contiguous) axis, where numpy's maximum is fast
         XT, s = np.ascontiguousarray(X.T), sc[:, 0]
         for a in range(0, N, rows):
-            D = XT[None, :, a:a + rows] - ts[:, :, None]
+            D = XT[None, :, a:a + rows] - grid[:, :, None]
             np.multiply(D, s[None, None, a:a + rows], out=D)
             np.maximum(ymax, D.max(axis=2), out=ymax)
     else:
         for a in range(0, N, rows):
-            D = X[None, a:a + rows, :] - ts[:, None, :]
+            D = X[None, a:a + rows, :] - grid[:, None, :]
             np.multiply(D, sc[None, a:a + rows], out=D)
             np.maximum(ymax, D.max(axis=1), out=ymax)
+    if last:
+        ymax = np.vstack([ymax, np.where(top > 0, 0.0, ymax[0])[None, :]])
     slack = up(slack0[None, :] + 3 * U * smax * ts, 4)
     gmax = np.maximum(ymax + slack, 0.0)
     val = up(total * ts + mult * gmax, 1 + 4)
