@@ -159,6 +159,7 @@ class Engine:
         self.act = cfg.act_fn
         self._free_sets: dict[tuple[int, int], list[AffineSet]] = {}
         self._free_kv: dict[tuple[int, int], PosKV] = {}
+        self._unembed_cache: dict[int, tuple] = {}  # _unembed_differences per candidate token
         self.use_slopes = True  # the per-competitor slopes of margins() (api.run_cases turns them off)
         self.use_ratios = True  # per-position caps and score ratios of attention terms (likewise)
         self.runs = RUNS  # runs of free positions in attention terms (rules.head_output_set)
@@ -610,14 +611,13 @@ class Engine:
         """A = W_U[:, c] - W_U[:, k] per column and bd = b_U[c] - b_U (floats within Aerr, bderr of the
         exact numbers) and, with a final LayerNorm (w, b), Aw = w * A and bb = b . A within Awerr, bberr.
         Computed once per c (every case of a claim uses the same c); the arrays are never written to."""
-        cache = self.__dict__.setdefault("_unembed_cache", {})
-        if c not in cache:
+        if c not in self._unembed_cache:
             out = self._unembed_differences_of(c)
             for a in out:
                 if a is not None:
                     a.flags.writeable = False
-            cache[c] = out
-        return cache[c]
+            self._unembed_cache[c] = out
+        return self._unembed_cache[c]
 
     def _unembed_differences_of(self, c: int):
         W = self.W
