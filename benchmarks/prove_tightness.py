@@ -227,6 +227,18 @@ def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3) -> tup
     return best, None
 
 
+def runs_text(tok, ids: list[int]) -> str:
+    """The token string as runs of equal tokens, e.g. "' Jesus' x 60 + '.' x 4"."""
+    out, i = [], 0
+    while i < len(ids):
+        j = i
+        while j < len(ids) and ids[j] == ids[i]:
+            j += 1
+        out.append(f"{tok.decode([ids[i]])!r} x {j - i}")
+        i = j
+    return " + ".join(out)
+
+
 def certified(model, prefix, suffix, limit: int = 64):
     """(largest proven n_free, the proof there or None): the first failing length of one run at
     ``limit`` (``demo.largest_proven``), then the proof at the length below it."""
@@ -279,9 +291,16 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=60,
                     help="design budget per prefix, in prover evaluations (reproducible, unlike seconds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--design-n-free", type=int, default=2,
+                    help="the free length each prefix is designed for (design's objective; default 2)")
+    ap.add_argument("--row", type=int, action="append", choices=range(5), metavar="{0..4}",
+                    help="only these rows (repeatable; 0-3 the designs in table order, 4 ' congreg' x 1024), "
+                         "so that rows can run as separate processes")
     ap.add_argument("--trained", action="store_true",
                     help="only the certified n_free of three repeated-token prefixes x 1024 (docs/prove.md)")
     args = ap.parse_args()
+    if args.design_n_free < 1:
+        ap.error(f"--design-n-free must be at least 1, got {args.design_n_free}")
     torch.set_num_threads(1)
     model = load("overwhelm-1l").double()
     tok = model.tokenizer
@@ -292,15 +311,23 @@ def main() -> None:
     dot = tok.encode(".").ids[-1]
     unto = tok.encode(" unto").ids[-1]
     plans = [(64, [dot]), (256, [dot])] if args.quick else [(64, [dot]), (256, [dot]), (1024, [dot]), (256, [unto])]
+    rows = set(args.row) if args.row else set(range(len(plans) + (0 if args.quick else 1)))
     prefixes = []
-    for n_fix, suffix in plans:
+    for i, (n_fix, suffix) in enumerate(plans):
+        if i not in rows:
+            continue
         t0 = time.perf_counter()
-        log(f"designing n_fix={n_fix}")
-        d = design(model, n_fix, 2, suffix=suffix, seed=args.seed, max_evals=args.evals)
-        prefixes.append((f"design n_fix={n_fix}", d.prefix, suffix, time.perf_counter() - t0))
-    if not args.quick:
+        log(f"designing n_fix={n_fix} for n_free {args.design_n_free}")
+        d = design(model, n_fix, args.design_n_free, suffix=suffix, seed=args.seed, max_evals=args.evals)
+        secs = time.perf_counter() - t0
+        print(f"design n_fix={n_fix} (n_free {args.design_n_free}, {args.evals} evaluations, {secs:.0f} s wall): "
+              f"{runs_text(tok, d.prefix)}", flush=True)
+        prefixes.append((f"design n_fix={n_fix}", d.prefix, suffix, secs))
+    if not args.quick and len(plans) in rows:
         b = tok.encode(" congreg").ids[-1]
         prefixes.append(("' congreg' x 1024", [b] * 1024, [dot], 0.0))
+    if not prefixes:
+        return
 
     err = validate_evaluator(model, prefixes[0][1], prefixes[0][2], rng)
     print(f"fast evaluator vs the model's forward pass: max |logit difference| = {err:.2e}")

@@ -20,3 +20,27 @@ def test_benchmark_quick_mode_runs_and_prints_its_table(script, args, expect):
                        text=True, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert expect in p.stdout
+
+
+@pytest.mark.parametrize("args", [["--design-n-free", "0"], ["--row", "7"], ["--row", "x"]])
+def test_prove_tightness_rejects_nonsense_flags_with_exit_2(args):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prove_tightness.py"), *args],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert p.stdout == ""
+
+
+def test_prove_tightness_runs_text_groups_equal_neighbours():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from prove_tightness import runs_text
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    class Tok:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    assert runs_text(Tok(), [0, 0, 0, 1, 0]) == "'a' x 3 + 'b' x 1 + 'a' x 1"
+    assert runs_text(Tok(), []) == ""
