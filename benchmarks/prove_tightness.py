@@ -28,6 +28,8 @@ The fast evaluator is checked against the model's own forward pass on random str
     python benchmarks/prove_tightness.py            # 4 prefixes, a few minutes
     python benchmarks/prove_tightness.py --quick    # 2 prefixes
     python benchmarks/prove_tightness.py --trained  # certified n_free only, three prefixes x 1024
+    python benchmarks/prove_tightness.py --design-n-free 8 --row 0   # one row, designed for n_free 8
+                                                                     # (10 min to an hour per row)
 """
 
 from __future__ import annotations
