@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,73 @@ def test_prove_tightness_runs_text_groups_equal_neighbours():
 
     assert runs_text(Tok(), [0, 0, 0, 1, 0]) == "'a' x 3 + 'b' x 1 + 'a' x 1"
     assert runs_text(Tok(), []) == ""
+
+
+def _hull_gap_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import prove_hull_gap
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return prove_hull_gap
+
+
+@pytest.mark.parametrize("args", [["--L", "0"], ["--parts", "0"], ["--top", "1,x"], ["--top", "0"],
+                                  ["--n-fix", "5000"]])
+def test_prove_hull_gap_rejects_nonsense_flags_with_exit_2(args):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prove_hull_gap.py"), *args],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert p.stdout == ""
+
+
+def test_prove_hull_gap_fractional_tokens_are_convex_combinations_of_strings():
+    """Z / W with per-position token distributions equals, head by head, the combination of the real
+    strings' attention outputs with weights prod_i pi_i,t_i (W_A + sum_i w_i,t_i) / W (what makes the
+    gradient search a search over the hull)."""
+    import itertools
+
+    import torch
+
+    from assay.prove.toy import toy_model
+    hg = _hull_gap_module()
+    m = toy_model(3, d_vocab=4)
+    ev = hg.LastPosition(m, [0, 1, 2], [3], 2)
+    ws, vs = hg.weights_and_values(ev)
+    ws, vs = ws.detach(), vs.detach()
+    pi = torch.softmax(torch.tensor(np.random.default_rng(0).normal(size=(2, 4))), -1)
+    W = ev.W_fix + torch.einsum("lv,lvh->h", pi, ws)
+    Z = ev.Z_fix + torch.einsum("lv,lvh,lvhe->he", pi, ws, vs)
+    mix = torch.zeros_like(Z)
+    for t in itertools.product(range(4), repeat=2):
+        Wt = ev.W_fix + ws[0, t[0]] + ws[1, t[1]]
+        Zt = ev.Z_fix + ws[0, t[0], :, None] * vs[0, t[0]] + ws[1, t[1], :, None] * vs[1, t[1]]
+        mix += (pi[0, t[0]] * pi[1, t[1]] * Wt / W)[:, None] * (Zt / Wt[:, None])
+    assert torch.allclose(mix, Z / W[:, None], atol=1e-12)
+
+
+def test_prove_hull_gap_bounds_bracket_the_truth_on_a_toy_model():
+    """certified <= the hull search's value (every iterate is a point of the hull, which the prover's
+    set contains), and the enumerated least margin equals the model's own forward pass."""
+    import itertools
+
+    import torch
+
+    from assay.prove.api import reference_token
+    from assay.prove.toy import toy_model
+    hg = _hull_gap_module()
+    m = toy_model(5, d_vocab=5, unembed=3.0)
+    prefix, suffix, L = [0, 1, 2, 3, 0, 1], [2], 2
+    c = reference_token(m, prefix, suffix)
+    ev = hg.LastPosition(m, prefix, suffix, L)
+    true, exact = hg.subset_true(ev, c, np.arange(5), np.random.default_rng(0))
+    assert exact
+    with torch.no_grad():
+        ref = min(float(lg[c] - torch.cat([lg[:c], lg[c + 1:]]).max())
+                  for t in itertools.product(range(5), repeat=L)
+                  for lg in [m(torch.tensor([prefix + list(t) + suffix]))[0, -1]])
+    assert abs(true - ref) < 1e-9
+    cert = hg.certified(m, prefix, suffix, np.arange(5), L, c)
+    hull = hg.hull_margin(ev, c, np.random.default_rng(0), starts=2, steps=50)
+    assert cert <= hull + 1e-9
