@@ -24,7 +24,7 @@ seed 0, suffix "."), one case: strings of exactly L free tokens. Printed:
 
 The margin is logit[c] - max_{k != c} logit[k] at the last position, c the token at the empty string.
 
-    python benchmarks/prove_hull_gap.py                          # about 10 minutes
+    python benchmarks/prove_hull_gap.py                          # about 15 minutes
     python benchmarks/prove_hull_gap.py --L 8 --parts 2 --top 2  # L = 8 is proven
 """
 
