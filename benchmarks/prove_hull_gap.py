@@ -17,8 +17,8 @@ seed 0, suffix "."), one case: strings of exactly L free tokens. Printed:
    along the first principal direction of the last free position's value contributions
    w_b (v_b - o_A) W_O, and the ``--top`` most extreme tokens along it. For each: the certified margin
    and the true least margin, by enumeration of every string when there are at most 4096 of them,
-   else an upper estimate by coordinate ascent restricted to the slice (the true least margin lies
-   between the two).
+   else an upper estimate by prove_tightness's attack restricted to the slice (the true least margin
+   lies between the two).
 3. The same with the MLP's output matrix set to 0 (the model's attention, residual and final
    LayerNorm only): how close the bound is without the MLP.
 
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 import torch
-from prove_tightness import SWEEPS, LastPosition, attack, gap, log
+from prove_tightness import LastPosition, attack, gap, log
 
 from assay.model import load
 from assay.prove import design
@@ -50,11 +50,7 @@ ENUMERATE_MAX = 4096  # strings: up to this many, the true least margin is enume
 
 def weights_and_values(ev: LastPosition) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax numerators w [L, V, h] and values v [L, V, h, e] of every token at every free position."""
-    ws, vs = [], []
-    for k, v in ev.allk:
-        ws.append(((torch.einsum("nhe,he->nh", k, ev.q) / math.sqrt(ev.cfg.d_head)) - ev.m0).exp())
-        vs.append(v)
-    return torch.stack(ws), torch.stack(vs)
+    return torch.stack([ev.weights(k) for k, _ in ev.allk]), torch.stack([v for _, v in ev.allk])
 
 
 def hull_margin(ev: LastPosition, c: int, rng, starts: int = 4, steps: int = 300) -> float:
@@ -83,30 +79,15 @@ def hull_margin(ev: LastPosition, c: int, rng, starts: int = 4, steps: int = 300
     return best
 
 
-def subset_true(ev: LastPosition, c: int, cands: np.ndarray, rng) -> tuple[float, bool]:
+def subset_true(model, prefix, suffix, ev: LastPosition, c: int, cands: np.ndarray, rng) -> tuple[float, bool]:
     """(least margin over strings of length L from cands, exact?): every string when there are at most
-    ENUMERATE_MAX, else the best of coordinate ascent restricted to cands (an upper estimate)."""
-    L = ev.L
-    if len(cands) ** L <= ENUMERATE_MAX:
-        return min(-float(gap(ev.logits(list(t)), c)) for t in itertools.product(cands.tolist(), repeat=L)), True
-    cand_t = torch.as_tensor(cands)
-    rep = gap(ev.repeated(), c)[cand_t]
-    starts = [[int(cands[j])] * L for j in torch.argsort(rep, descending=True)[:3]]
-    starts.append(rng.choice(cands, L).tolist())
-    best = math.inf
-    for t in starts:
-        cur = float(gap(ev.logits(t), c))
-        for _ in range(SWEEPS):
-            improved = False
-            for i in reversed(range(L)):
-                g = gap(ev.replace_all(t, i, cand_t), c)
-                j = int(g.argmax())
-                if float(g[j]) > cur + 1e-12:
-                    t[i], cur, improved = int(cands[j]), float(g[j]), True
-            if not improved:
-                break
-        best = min(best, -cur)
-    return best, False
+    ENUMERATE_MAX, else the best that prove_tightness's attack finds over cands (an upper estimate)."""
+    if len(cands) ** ev.L <= ENUMERATE_MAX:
+        strings = itertools.product(cands.tolist(), repeat=ev.L)
+        return min(-float(gap(ev.logits(list(t)), c)) for t in strings), True
+    g, _ = attack(model, prefix, suffix, c, ev.L, rng, cands=torch.as_tensor(cands), ev=ev,
+                  stop=False)
+    return -g, False
 
 
 def certified(model, prefix, suffix, allowed: np.ndarray, L: int, c: int) -> float:
@@ -124,6 +105,21 @@ def principal_order(model, ev: LastPosition) -> np.ndarray:
     X = (w[:, None] * ((v - o_A) @ model.blocks[0].attn.W_O[0].detach())).numpy()
     _, _, Vt = np.linalg.svd(X - X.mean(0), full_matrices=False)
     return np.argsort(X @ Vt[0], kind="stable")
+
+
+def table(title: str, model, prefix, suffix, ev: LastPosition, c: int, rows, rng) -> None:
+    """Print, per (name, allowed tokens) row, the certified and the true least margin of the case."""
+    tok = model.tokenizer
+    print(f"{title} (token {tok.decode([c])!r}): allowed tokens along the principal direction")
+    print(f"{'allowed':<20} {'tokens':>6} {'certified':>10} {'true least':>11}  first tokens")
+    for name, cands in rows:
+        t0 = time.process_time()
+        cert = certified(model, prefix, suffix, np.sort(cands), ev.L, c)
+        true, exact = subset_true(model, prefix, suffix, ev, c, np.asarray(cands), rng)
+        first = ", ".join(repr(tok.decode([int(b)])) for b in cands[:3])
+        print(f"{name:<20} {len(cands):6d} {cert:10.4f} {true:10.4f}{'' if exact else '*'}  {first}"
+              f"   ({time.process_time() - t0:.0f} s)", flush=True)
+    print()
 
 
 def main() -> None:
@@ -157,7 +153,7 @@ def main() -> None:
     t0 = time.process_time()
     cert = certified(model, prefix, suffix, everything, args.L, c)
     log(f"certified {cert:.4f} ({time.process_time() - t0:.0f} s)")
-    g, _ = attack(model, prefix, suffix, c, args.L, rng)
+    g, _ = attack(model, prefix, suffix, c, args.L, rng, ev=ev)
     hull = hull_margin(ev, c, rng)
     print(f"n_fix {args.n_fix}, L = {args.L}, token {tok.decode([c])!r}, all {V} tokens:")
     print(f"{'certified':>10} {'strings (search)':>17} {'hull (gradient)':>16}")
@@ -166,28 +162,13 @@ def main() -> None:
     order = principal_order(model, ev)
     slices = [(f"slice {j + 1}/{args.parts}", order[j * V // args.parts:(j + 1) * V // args.parts])
               for j in range(args.parts)]
-    slices += [(f"most extreme {k}", order[:k]) for k in tops]
-    for title, m in (("the model", model), ("MLP output set to 0", None)):
-        if m is None:
-            m = load("overwhelm-1l").double()
-            with torch.no_grad():
-                m.blocks[0].mlp.W_out.zero_()
-            ev = LastPosition(m, prefix, suffix, args.L)
-            c = reference_token(m, prefix, suffix)
-            rows = [s for s in slices if s[0].startswith("most extreme")][:2]
-            rows = [("all tokens", everything)] + rows
-        else:
-            rows = slices
-        print(f"{title} (token {tok.decode([c])!r}): allowed tokens along the principal direction")
-        print(f"{'allowed':<20} {'tokens':>6} {'certified':>10} {'true least':>11}  first tokens")
-        for name, cands in rows:
-            t0 = time.process_time()
-            cert = certified(m, prefix, suffix, np.sort(cands), args.L, c)
-            true, exact = subset_true(ev, c, np.asarray(cands), rng)
-            first = ", ".join(repr(tok.decode([int(b)])) for b in cands[:3])
-            print(f"{name:<20} {len(cands):6d} {cert:10.4f} {true:10.4f}{'' if exact else '*'}  {first}"
-                  f"   ({time.process_time() - t0:.0f} s)", flush=True)
-        print()
+    extreme = [(f"most extreme {k}", order[:k]) for k in tops]
+    table("the model", model, prefix, suffix, ev, c, slices + extreme, rng)
+    no_mlp = load("overwhelm-1l").double()
+    with torch.no_grad():
+        no_mlp.blocks[0].mlp.W_out.zero_()
+    table("MLP output set to 0", no_mlp, prefix, suffix, LastPosition(no_mlp, prefix, suffix, args.L),
+          reference_token(no_mlp, prefix, suffix), [("all tokens", everything)] + extreme[:2], rng)
     print("* an upper estimate (coordinate ascent over the allowed tokens); unmarked: every string enumerated")
 
 

@@ -119,13 +119,17 @@ class LastPosition:
             resid = self.m.ln_final(resid)
         return self.m.unembed(resid)
 
+    def weights(self, k: torch.Tensor) -> torch.Tensor:
+        """Softmax numerators exp(q.k / sqrt(d_head) - m0) of keys k [..., h, e] -> [..., h]."""
+        return ((torch.einsum("...he,he->...h", k, self.q) / math.sqrt(self.cfg.d_head)) - self.m0).exp()
+
     def _free_wz(self, t: list[int], skip: int | None = None):
         W, Z = self.W_fix.clone(), self.Z_fix.clone()
         for i, b in enumerate(t):
             if i == skip:
                 continue
             k, v = self.allk[i][0][b], self.allk[i][1][b]
-            w = ((torch.einsum("he,he->h", k, self.q) / math.sqrt(self.cfg.d_head)) - self.m0).exp()
+            w = self.weights(k)
             W, Z = W + w, Z + w[:, None] * v
         return W, Z
 
@@ -141,7 +145,7 @@ class LastPosition:
             k, v = self.allk[i]
             if cands is not None:
                 k, v = k[cands], v[cands]
-            w = ((torch.einsum("nhe,he->nh", k, self.q) / math.sqrt(self.cfg.d_head)) - self.m0).exp()
+            w = self.weights(k)
             out = []
             for j in range(0, len(w), chunk):
                 out.append(self._logits(W + w[j:j + chunk], Z + w[j:j + chunk, :, None] * v[j:j + chunk]))
@@ -154,7 +158,7 @@ class LastPosition:
             Z = self.Z_fix[None].repeat(self.cfg.d_vocab, 1, 1)
             for i in range(self.L):
                 k, v = self.allk[i]
-                w = ((torch.einsum("nhe,he->nh", k, self.q) / math.sqrt(self.cfg.d_head)) - self.m0).exp()
+                w = self.weights(k)
                 W, Z = W + w, Z + w[..., None] * v
             return torch.cat([self._logits(W[j:j + chunk], Z[j:j + chunk]) for j in range(0, len(W), chunk)])
 
@@ -194,20 +198,30 @@ def validate_evaluator(model, prefix, suffix, rng) -> float:
     return worst
 
 
-def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3) -> tuple[float, list[int] | None]:
+def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3, cands: torch.Tensor | None = None,
+           ev: LastPosition | None = None, stop: bool = True) -> tuple[float, list[int] | None]:
     """Best gap found for strings of length exactly L, and a confirmed counterexample (or None).
 
     Up to FULL_L free tokens every token is tried at every position; beyond, each position tries a
     pool of POOL tokens: the best repeated-string tokens and the best single replacements at the
-    position nearest the query (both computed over the whole vocabulary).
+    position nearest the query (both computed over the whole vocabulary). With ``cands`` (token ids),
+    only strings over cands: they are the pool at every length, and the starts are drawn from them.
+    ``ev``: an evaluator of this prefix, suffix and L to reuse. ``stop``: return at the first confirmed
+    counterexample (off: search on for the largest gap; the second value is then None).
     """
-    ev = LastPosition(model, prefix, suffix, L)
+    if ev is None:
+        ev = LastPosition(model, prefix, suffix, L)
     rep = gap(ev.repeated(), c)
-    order = torch.argsort(rep, descending=True)
+    if cands is not None:
+        order = cands[torch.argsort(rep[cands], descending=True)]
+        pool = cands
+    else:
+        order = torch.argsort(rep, descending=True)
+        pool = None
     starts = [[int(b)] * L for b in order[:n_starts]]
-    starts.append(rng.integers(0, model.cfg.d_vocab, L).tolist())
-    pool = None
-    if L > FULL_L:
+    starts.append(rng.integers(0, model.cfg.d_vocab, L).tolist() if cands is None
+                  else rng.choice(cands.numpy(), L).tolist())
+    if cands is None and L > FULL_L:
         single = gap(ev.replace_all(starts[0], L - 1), c)
         pool = torch.unique(torch.cat([order[: POOL // 2], torch.argsort(single, descending=True)[: POOL // 2]]))
     best = -math.inf
@@ -221,7 +235,7 @@ def attack(model, prefix, suffix, c: int, L: int, rng, n_starts: int = 3) -> tup
                 if float(g[j]) > cur + 1e-12:
                     t[i] = int(pool[j]) if pool is not None else j
                     cur, improved = float(g[j]), True
-                if cur > 0 and true_argmax(model, prefix + t + suffix) != c:
+                if stop and cur > 0 and true_argmax(model, prefix + t + suffix) != c:
                     return cur, t
             if not improved:
                 break

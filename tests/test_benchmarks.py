@@ -23,9 +23,15 @@ def test_benchmark_quick_mode_runs_and_prints_its_table(script, args, expect):
     assert expect in p.stdout
 
 
-@pytest.mark.parametrize("args", [["--design-n-free", "0"], ["--row", "7"], ["--row", "x"]])
-def test_prove_tightness_rejects_nonsense_flags_with_exit_2(args):
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prove_tightness.py"), *args],
+@pytest.mark.parametrize("script, args", [
+    ("prove_tightness.py", ["--design-n-free", "0"]), ("prove_tightness.py", ["--row", "7"]),
+    ("prove_tightness.py", ["--row", "x"]),
+    ("prove_hull_gap.py", ["--L", "0"]), ("prove_hull_gap.py", ["--parts", "0"]),
+    ("prove_hull_gap.py", ["--top", "1,x"]), ("prove_hull_gap.py", ["--top", "0"]),
+    ("prove_hull_gap.py", ["--n-fix", "5000"]),
+])
+def test_benchmark_rejects_nonsense_flags_with_exit_2(script, args):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
@@ -56,16 +62,6 @@ def _hull_gap_module():
     return prove_hull_gap
 
 
-@pytest.mark.parametrize("args", [["--L", "0"], ["--parts", "0"], ["--top", "1,x"], ["--top", "0"],
-                                  ["--n-fix", "5000"]])
-def test_prove_hull_gap_rejects_nonsense_flags_with_exit_2(args):
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prove_hull_gap.py"), *args],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert "Traceback" not in p.stderr
-    assert p.stdout == ""
-
-
 def test_prove_hull_gap_fractional_tokens_are_convex_combinations_of_strings():
     """Z / W with per-position token distributions equals, head by head, the combination of the real
     strings' attention outputs with weights prod_i pi_i,t_i (W_A + sum_i w_i,t_i) / W (what makes the
@@ -91,10 +87,12 @@ def test_prove_hull_gap_fractional_tokens_are_convex_combinations_of_strings():
     assert torch.allclose(mix, Z / W[:, None], atol=1e-12)
 
 
-def test_prove_hull_gap_bounds_bracket_the_truth_on_a_toy_model():
-    """certified <= the hull search's value (every iterate is a point of the hull, which the prover's
-    set contains), and the enumerated least margin equals the model's own forward pass."""
+def test_prove_hull_gap_bounds_bracket_the_truth_on_a_toy_model(monkeypatch):
+    """certified <= the enumerated least margin (which equals the model's own forward pass over every
+    string) <= the attack's estimate, and certified <= the hull search's value (every iterate is a
+    point of the hull, which the prover's set contains)."""
     import itertools
+    import math
 
     import torch
 
@@ -105,13 +103,18 @@ def test_prove_hull_gap_bounds_bracket_the_truth_on_a_toy_model():
     prefix, suffix, L = [0, 1, 2, 3, 0, 1], [2], 2
     c = reference_token(m, prefix, suffix)
     ev = hg.LastPosition(m, prefix, suffix, L)
-    true, exact = hg.subset_true(ev, c, np.arange(5), np.random.default_rng(0))
+    cands = np.arange(5)
+    true, exact = hg.subset_true(m, prefix, suffix, ev, c, cands, np.random.default_rng(0))
     assert exact
     with torch.no_grad():
         ref = min(float(lg[c] - torch.cat([lg[:c], lg[c + 1:]]).max())
                   for t in itertools.product(range(5), repeat=L)
                   for lg in [m(torch.tensor([prefix + list(t) + suffix]))[0, -1]])
     assert abs(true - ref) < 1e-9
-    cert = hg.certified(m, prefix, suffix, np.arange(5), L, c)
+    monkeypatch.setattr(hg, "ENUMERATE_MAX", 1)  # the attack's path: an upper estimate of the truth
+    est, exact = hg.subset_true(m, prefix, suffix, ev, c, cands, np.random.default_rng(0))
+    assert not exact and est >= true - 1e-9
+    cert = hg.certified(m, prefix, suffix, cands, L, c)
+    assert math.isfinite(cert) and cert <= true + 1e-9
     hull = hg.hull_margin(ev, c, np.random.default_rng(0), starts=2, steps=50)
     assert cert <= hull + 1e-9
